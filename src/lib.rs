@@ -1,0 +1,7 @@
+//! aliyun-acr-credential-helper: keeps Alibaba Cloud Container Registry (ACR) pull Secrets fresh
+//! in the namespaces an operator selects and attaches them to the selected ServiceAccounts, as the
+//! ACK add-on of the same name does.
+//!
+//! The crate is one library and one binary; the binary is a thin shell around [`cli::Args`].
+
+pub mod cli;

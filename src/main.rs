@@ -1,0 +1,6 @@
+use acr_helper::cli::Args;
+use clap::Parser;
+
+fn main() {
+    let _args = Args::parse();
+}

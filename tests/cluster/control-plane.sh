@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# Starts and stops a real local Kubernetes control plane: etcd, kube-apiserver and
+# kube-controller-manager, all on loopback, on free ports chosen at run time, with data in a fresh
+# directory. Used by the integration tests, the demo and scripts/test.
+#
+#   control-plane.sh up [DIR] [--owner-pid PID]
+#       Builds the binaries if the cache lacks them (build.sh), starts everything, waits until the
+#       API server is ready, and prints DIR. DIR (default: a new temporary directory) then holds:
+#         kubeconfig    admin (system:masters) kubeconfig
+#         env           shell lines: KUBECONFIG, APISERVER_URL, AUDIT_LOG, CLUSTER_BIN, CLUSTER_DIR
+#         audit.log     the API server's audit log (every request, Metadata level)
+#         pki/          the generated CA, serving/client certificates, ServiceAccount signing key
+#         logs/         each process's output
+#       With --owner-pid, a watcher stops the control plane (and removes DIR) once PID has exited,
+#       so a test binary that dies never leaves processes behind.
+#   control-plane.sh down DIR
+#       Stops every process started for DIR, waits for them to exit, and removes DIR.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+log() { echo "control-plane: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+stop_pids() {
+  # One at a time, in reverse start order (controller-manager, API server, etcd), so the API server
+  # shuts down while etcd still answers. Each gets 10 seconds before it is killed.
+  local dir="$1" pid
+  [ -f "$dir/pids" ] || return 0
+  for pid in $(tac "$dir/pids"); do
+    kill -TERM "$pid" 2>/dev/null || continue
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -f "$dir/pids"
+}
+
+cmd_down() {
+  local dir="${1:?usage: control-plane.sh down DIR}"
+  [ -d "$dir" ] || return 0
+  # The watcher runs this very command when its owner exits; it must not stop itself.
+  if [ -f "$dir/watcher.pid" ] && [ "$(cat "$dir/watcher.pid")" != "$$" ]; then
+    kill -TERM "$(cat "$dir/watcher.pid")" 2>/dev/null || true
+  fi
+  stop_pids "$dir"
+  # Only remove what this script created.
+  if [ -f "$dir/.control-plane" ]; then rm -rf "$dir"; fi
+}
+
+gen_pki() {
+  local pki="$1"
+  mkdir -p "$pki"
+  (
+    cd "$pki"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 \
+      -subj "/CN=acr-helper-test-ca" 2>/dev/null
+    # kube-apiserver serving certificate.
+    openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr \
+      -subj "/CN=kube-apiserver" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' > apiserver.ext
+    openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile apiserver.ext -out apiserver.crt 2>/dev/null
+    # Client certificates: the admin (system:masters) and the controller-manager's own identity.
+    for who in "admin:system:masters" "kube-controller-manager:"; do
+      local cn="${who%%:*}" org="${who#*:}" subj
+      subj="/CN=$cn"
+      [ "$cn" = kube-controller-manager ] && subj="/CN=system:kube-controller-manager"
+      [ -n "$org" ] && subj="/O=$org$subj"
+      openssl req -newkey rsa:2048 -nodes -keyout "$cn.key" -out "$cn.csr" -subj "$subj" 2>/dev/null
+      printf 'extendedKeyUsage=clientAuth\n' > client.ext
+      openssl x509 -req -in "$cn.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+        -extfile client.ext -out "$cn.crt" 2>/dev/null
+    done
+    # ServiceAccount token signing key pair.
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+    rm -f ./*.csr ./*.ext ca.srl
+  )
+}
+
+write_kubeconfig() {
+  local out="$1" url="$2" pki="$3" user="$4"
+  cat > "$out" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: $url
+    certificate-authority: $pki/ca.crt
+users:
+- name: $user
+  user:
+    client-certificate: $pki/$user.crt
+    client-key: $pki/$user.key
+contexts:
+- name: local
+  context:
+    cluster: local
+    user: $user
+current-context: local
+EOF
+}
+
+wait_for() {
+  # wait_for DESCRIPTION SECONDS PID COMMAND...: polls COMMAND until it succeeds; fails early when
+  # PID exits.
+  local what="$1" secs="$2" pid="$3"
+  shift 3
+  local deadline=$(( $(date +%s) + secs ))
+  until "$@" >/dev/null 2>&1; do
+    kill -0 "$pid" 2>/dev/null || return 1
+    [ "$(date +%s)" -lt "$deadline" ] || { log "$what not ready after ${secs}s"; return 1; }
+    sleep 0.2
+  done
+}
+
+cmd_up() {
+  local dir="" owner=""
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --owner-pid) owner="${2:?--owner-pid needs a PID}"; shift 2 ;;
+      -*) die "unknown flag $1" ;;
+      *) dir="$1"; shift ;;
+    esac
+  done
+  local bin
+  bin="$("$here/build.sh")"
+  if [ -z "$dir" ]; then
+    dir="$(mktemp -d "${TMPDIR:-/tmp}/acr-helper-cluster.XXXXXX")"
+  else
+    mkdir -p "$dir"
+    [ -z "$(ls -A "$dir")" ] || die "$dir is not empty"
+  fi
+  dir="$(cd "$dir" && pwd)"
+  touch "$dir/.control-plane"
+  mkdir -p "$dir/logs" "$dir/etcd"
+  trap 'log "start failed; logs follow"; tail -n 30 "$dir"/logs/*.log >&2 || true; cmd_down "$dir"' ERR
+
+  local pki="$dir/pki"
+  gen_pki "$pki"
+
+  local etcd_port etcd_peer api_port
+  etcd_port="$(free_port)"
+  etcd_peer="$(free_port)"
+  api_port="$(free_port)"
+  local url="https://127.0.0.1:$api_port"
+
+  "$bin/etcd" --data-dir "$dir/etcd" \
+    --listen-client-url "http://127.0.0.1:$etcd_port" \
+    --listen-peer-url "http://127.0.0.1:$etcd_peer" >"$dir/logs/etcd.log" 2>&1 &
+  local etcd_pid=$!
+  echo "$etcd_pid" >> "$dir/pids"
+  wait_for etcd 30 "$etcd_pid" curl -sf "http://127.0.0.1:$etcd_port/health"
+
+  cat > "$dir/audit-policy.yaml" <<'EOF'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+# One event per request, once the response is complete; Metadata says who did what to which object.
+omitStages: ["RequestReceived", "ResponseStarted"]
+rules:
+- level: Metadata
+EOF
+
+  "$bin/kube-apiserver" \
+    --bind-address=127.0.0.1 --secure-port="$api_port" --advertise-address=127.0.0.1 \
+    --endpoint-reconciler-type=none \
+    --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+    --client-ca-file="$pki/ca.crt" \
+    --service-account-issuer="$url" \
+    --service-account-key-file="$pki/sa.pub" \
+    --service-account-signing-key-file="$pki/sa.key" \
+    --api-audiences="$url" \
+    --service-cluster-ip-range=10.96.0.0/16 \
+    --authorization-mode=RBAC \
+    --enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultTolerationSeconds,DefaultStorageClass,PodSecurity,Priority,RuntimeClass,ResourceQuota,NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy \
+    --audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/audit.log" \
+    --audit-log-maxbackup=0 --audit-log-format=json \
+    --allow-privileged=true \
+    --profiling=false \
+    --v=1 >"$dir/logs/kube-apiserver.log" 2>&1 &
+  local api_pid=$!
+  echo "$api_pid" >> "$dir/pids"
+  write_kubeconfig "$dir/kubeconfig" "$url" "$pki" admin
+  wait_for kube-apiserver 120 "$api_pid" curl -sf --cacert "$pki/ca.crt" \
+    --cert "$pki/admin.crt" --key "$pki/admin.key" "$url/readyz"
+
+  write_kubeconfig "$dir/kube-controller-manager.kubeconfig" "$url" "$pki" kube-controller-manager
+  # Only the controllers a real cluster needs for namespaces and ServiceAccounts to behave as they
+  # do in production: the "default" ServiceAccount in every namespace, namespace deletion,
+  # garbage collection, and the kube-root-ca.crt ConfigMap.
+  "$bin/kube-controller-manager" \
+    --kubeconfig="$dir/kube-controller-manager.kubeconfig" \
+    --authentication-kubeconfig="$dir/kube-controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$dir/kube-controller-manager.kubeconfig" \
+    --controllers=serviceaccount-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller \
+    --root-ca-file="$pki/ca.crt" \
+    --service-account-private-key-file="$pki/sa.key" \
+    --leader-elect=false --secure-port=0 \
+    --v=1 >"$dir/logs/kube-controller-manager.log" 2>&1 &
+  echo "$!" >> "$dir/pids"
+
+  # The issuer's discovery documents are public, as on ACK (whose RRSA issuer is a public URL):
+  # the fake cloud fetches /openid/v1/jwks anonymously, like Alibaba's STS fetches the real one.
+  "$bin/kubectl" --kubeconfig "$dir/kubeconfig" create clusterrolebinding \
+    service-account-issuer-discovery-public \
+    --clusterrole=system:service-account-issuer-discovery --group=system:unauthenticated >/dev/null
+  # A namespace is usable by tests once its "default" ServiceAccount exists.
+  wait_for "default ServiceAccount" 60 "$api_pid" \
+    "$bin/kubectl" --kubeconfig "$dir/kubeconfig" -n default get serviceaccount default
+
+  cat > "$dir/env" <<EOF
+export KUBECONFIG=$dir/kubeconfig
+export APISERVER_URL=$url
+export AUDIT_LOG=$dir/audit.log
+export CLUSTER_BIN=$bin
+export CLUSTER_DIR=$dir
+EOF
+
+  if [ -n "$owner" ]; then
+    # Detached from our stdout/stderr so the caller's pipes close when this script returns.
+    setsid bash -c '
+      while kill -0 "$1" 2>/dev/null; do sleep 1; done
+      exec "$2" down "$3"
+    ' _ "$owner" "$here/control-plane.sh" "$dir" </dev/null >/dev/null 2>&1 &
+    echo "$!" > "$dir/watcher.pid"
+  fi
+  trap - ERR
+  log "ready: $url (kubeconfig $dir/kubeconfig)"
+  echo "$dir"
+}
+
+case "${1:-}" in
+  up) shift; cmd_up "$@" ;;
+  down) shift; cmd_down "$@" ;;
+  *) echo "usage: control-plane.sh up [DIR] [--owner-pid PID] | down DIR" >&2; exit 2 ;;
+esac

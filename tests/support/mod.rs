@@ -1,0 +1,240 @@
+//! Test support for the integration tests: a real local control plane (etcd + kube-apiserver +
+//! kube-controller-manager, started by `tests/cluster/control-plane.sh`), kube clients for it, and
+//! per-test namespaces that are removed when the test ends.
+//!
+//! One control plane serves every test of a test binary. It is started on first use and stopped by
+//! the script's watcher when the test binary exits. If `ACR_HELPER_TEST_KUBECONFIG` names the
+//! kubeconfig of a running control plane (as `scripts/test` arranges), the tests attach to it
+//! instead of starting their own.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+/// The environment variable naming the kubeconfig of a control plane to attach to.
+pub const KUBECONFIG_ENV: &str = "ACR_HELPER_TEST_KUBECONFIG";
+/// The label every namespace made by a test carries, so leftovers can be found.
+pub const TEST_LABEL: &str = "acr-helper.test/namespace";
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct ControlPlane {
+    /// The directory `control-plane.sh up` wrote (pki, logs, env), when known.
+    pub dir: Option<PathBuf>,
+    pub kubeconfig: PathBuf,
+    /// The API server's audit log, when known.
+    pub audit_log: Option<PathBuf>,
+    /// Where kubectl, helm and the control-plane binaries are, when known.
+    pub bin: Option<PathBuf>,
+}
+
+static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The control plane for this test binary; starts it on first call.
+pub fn control_plane() -> &'static ControlPlane {
+    let cp = CONTROL_PLANE.get_or_init(|| match std::env::var_os(KUBECONFIG_ENV) {
+        Some(path) => attach(Path::new(&path)),
+        None => start(),
+    });
+    match cp {
+        Ok(cp) => cp,
+        Err(e) => panic!("local control plane unavailable: {e}"),
+    }
+}
+
+fn attach(kubeconfig: &Path) -> Result<ControlPlane, String> {
+    if !kubeconfig.is_file() {
+        return Err(format!(
+            "{KUBECONFIG_ENV}={} is not a file",
+            kubeconfig.display()
+        ));
+    }
+    // A control plane of ours keeps its env file beside the kubeconfig.
+    let dir = kubeconfig
+        .parent()
+        .filter(|d| d.join(".control-plane").exists());
+    Ok(from_dir(dir, kubeconfig.to_path_buf()))
+}
+
+fn from_dir(dir: Option<&Path>, kubeconfig: PathBuf) -> ControlPlane {
+    let env = dir
+        .and_then(|d| std::fs::read_to_string(d.join("env")).ok())
+        .unwrap_or_default();
+    let var = |name: &str| {
+        env.lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .map(PathBuf::from)
+    };
+    ControlPlane {
+        dir: dir.map(Path::to_path_buf),
+        kubeconfig,
+        audit_log: var("AUDIT_LOG"),
+        bin: var("CLUSTER_BIN"),
+    }
+}
+
+fn start() -> Result<ControlPlane, String> {
+    let script = repo_root().join("tests/cluster/control-plane.sh");
+    let started = Instant::now();
+    let out = Command::new(&script)
+        .arg("up")
+        .arg("--owner-pid")
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} up failed: {}", script.display(), out.status));
+    }
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    eprintln!(
+        "control plane up in {:.1}s at {}",
+        started.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    Ok(from_dir(Some(&dir), dir.join("kubeconfig")))
+}
+
+impl ControlPlane {
+    /// The admin kube client configuration.
+    pub async fn config(&self) -> Config {
+        let kc = Kubeconfig::read_from(&self.kubeconfig)
+            .unwrap_or_else(|e| panic!("read {}: {e}", self.kubeconfig.display()));
+        Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", self.kubeconfig.display()))
+    }
+
+    /// An admin (system:masters) client. A client is bound to the runtime that made it, so each
+    /// test makes its own.
+    pub async fn client(&self) -> Client {
+        Client::try_from(self.config().await).unwrap_or_else(|e| panic!("kube client: {e}"))
+    }
+
+    /// A client that authenticates with a bearer token instead of the admin certificate.
+    pub async fn client_with_token(&self, token: &str) -> Client {
+        let mut config = self.config().await;
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(token.to_owned().into()),
+            ..Default::default()
+        };
+        Client::try_from(config).unwrap_or_else(|e| panic!("kube client: {e}"))
+    }
+
+    /// The path of one of the control plane's binaries (kubectl, helm, ...).
+    pub fn binary(&self, name: &str) -> PathBuf {
+        match &self.bin {
+            Some(bin) => bin.join(name),
+            None => panic!(
+                "{name}: this control plane's binaries are unknown (attached without its env file)"
+            ),
+        }
+    }
+}
+
+/// A namespace for one test, deleted (with everything in it) when dropped.
+pub struct TestNamespace {
+    pub name: String,
+    kubeconfig: PathBuf,
+}
+
+impl TestNamespace {
+    /// Creates a namespace named `<prefix>-<random suffix>` and waits until its "default"
+    /// ServiceAccount exists, as a workload would find it in a real cluster.
+    pub async fn create(client: &Client, prefix: &str) -> TestNamespace {
+        let name = format!("{prefix}-{:08x}", rand::random::<u32>());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([(TEST_LABEL.to_owned(), "true".to_owned())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+        let sas =
+            Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &name);
+        wait_until(
+            Duration::from_secs(30),
+            "the default ServiceAccount",
+            || {
+                let sas = sas.clone();
+                async move { sas.get_opt("default").await.ok().flatten().is_some() }
+            },
+        )
+        .await;
+        TestNamespace {
+            name,
+            kubeconfig: control_plane().kubeconfig.clone(),
+        }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Drop cannot await, and the test's own runtime is busy dropping us: delete from a thread
+        // with its own runtime and client.
+        let name = self.name.clone();
+        let kubeconfig = self.kubeconfig.clone();
+        let deleted = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let kc = Kubeconfig::read_from(&kubeconfig).map_err(|e| e.to_string())?;
+                let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let client = Client::try_from(config).map_err(|e| e.to_string())?;
+                Api::<Namespace>::all(client)
+                    .delete(&name, &DeleteParams::background())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = deleted {
+            eprintln!(
+                "warning: could not delete test namespace {}: {e}",
+                self.name
+            );
+        }
+    }
+}
+
+/// Polls `check` until it returns true; panics naming `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
