@@ -1,6 +1,15 @@
 //! Command-line interface. Every flag has an environment variable of the same meaning.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args as ClapArgs, Parser};
+
+use crate::aliyun::http::{HttpOptions, RetryPolicy};
+use crate::aliyun::{
+    CloudError, DEFAULT_CR_ENDPOINT, DEFAULT_METADATA_ENDPOINT, DEFAULT_STS_ENDPOINT, Endpoints,
+};
+use crate::credentials::DEFAULT_OIDC_TOKEN_FILE;
 
 /// The command line of the `aliyun-acr-credential-helper` binary.
 #[derive(Debug, Parser)]
@@ -9,7 +18,130 @@ use clap::Parser;
     version,
     about = "Keeps Alibaba Cloud Container Registry pull Secrets fresh and attached to ServiceAccounts"
 )]
-pub struct Args {}
+pub struct Args {
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+}
+
+/// Where and how the Alibaba Cloud APIs are called.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct CloudArgs {
+    /// STS endpoint (AssumeRole, AssumeRoleWithOIDC).
+    #[arg(long, env = "ACR_HELPER_STS_ENDPOINT", default_value = DEFAULT_STS_ENDPOINT)]
+    pub sts_endpoint: String,
+
+    /// Container Registry API endpoint; `{region}` is replaced by the instance's region.
+    #[arg(long, env = "ACR_HELPER_CR_ENDPOINT", default_value = DEFAULT_CR_ENDPOINT)]
+    pub cr_endpoint: String,
+
+    /// ECS metadata service (worker role credentials, region).
+    #[arg(long, env = "ACR_HELPER_METADATA_ENDPOINT", default_value = DEFAULT_METADATA_ENDPOINT)]
+    pub metadata_endpoint: String,
+
+    /// Refuse plain metadata requests when hardened mode (a session token) is unavailable.
+    #[arg(long, env = "ACR_HELPER_METADATA_HARDENED_ONLY")]
+    pub metadata_hardened_only: bool,
+
+    /// The RRSA OIDC token file (a projected ServiceAccount token, audience sts.aliyuncs.com),
+    /// re-read on every AssumeRoleWithOIDC.
+    #[arg(long, env = "ALIBABA_CLOUD_OIDC_TOKEN_FILE", default_value = DEFAULT_OIDC_TOKEN_FILE)]
+    pub oidc_token_file: PathBuf,
+
+    /// Connect timeout of cloud calls (e.g. 5s).
+    #[arg(long, env = "ACR_HELPER_CLOUD_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub cloud_connect_timeout: Duration,
+
+    /// Timeout of one cloud request, sending to last byte (e.g. 10s).
+    #[arg(long, env = "ACR_HELPER_CLOUD_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub cloud_request_timeout: Duration,
+
+    /// Attempts per cloud call, the first included; retries back off exponentially with jitter.
+    #[arg(long, env = "ACR_HELPER_CLOUD_MAX_ATTEMPTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub cloud_max_attempts: u32,
+}
+
+impl CloudArgs {
+    /// The endpoints, validated.
+    pub fn endpoints(&self) -> Result<Endpoints, CloudError> {
+        let url = |flag: &str, value: &str| {
+            let parsed = url::Url::parse(value).map_err(|e| CloudError::Endpoint {
+                endpoint: value.to_owned(),
+                detail: format!("{flag}: {e}"),
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                return Err(CloudError::Endpoint {
+                    endpoint: value.to_owned(),
+                    detail: format!("{flag}: needs an http(s) URL with a host"),
+                });
+            }
+            Ok(parsed)
+        };
+        // The template must be a URL once a region is filled in.
+        url(
+            "--cr-endpoint",
+            &self.cr_endpoint.replace("{region}", "cn-hangzhou"),
+        )?;
+        Ok(Endpoints {
+            sts: url("--sts-endpoint", &self.sts_endpoint)?,
+            cr_template: self.cr_endpoint.clone(),
+            metadata: url("--metadata-endpoint", &self.metadata_endpoint)?,
+        })
+    }
+
+    pub fn http_options(&self) -> HttpOptions {
+        HttpOptions {
+            connect_timeout: self.cloud_connect_timeout,
+            request_timeout: self.cloud_request_timeout,
+            retry: RetryPolicy {
+                max_attempts: self.cloud_max_attempts,
+                ..RetryPolicy::default()
+            },
+        }
+    }
+}
+
+/// Parses a Go-style duration: a sequence of `<number><unit>` with units `h`, `m`, `s`, `ms`
+/// (e.g. `15m`, `1h30m`, `90s`, `1.5h`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".to_owned());
+    }
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return Err(format!("{s:?}: expected a number at {rest:?}"));
+        }
+        let number: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("{s:?}: {:?} is not a number", &rest[..num_len]))?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            "" => return Err(format!("{s:?}: missing unit (h, m, s or ms)")),
+            other => return Err(format!("{s:?}: unknown unit {other:?} (use h, m, s or ms)")),
+        };
+        total += number * seconds;
+        rest = &rest[unit_len..];
+    }
+    if !total.is_finite() || total > 1e9 {
+        return Err(format!("{s:?}: too long"));
+    }
+    Ok(Duration::from_secs_f64(total))
+}
 
 #[cfg(test)]
 mod tests {
@@ -32,5 +164,82 @@ mod tests {
             text.trim(),
             format!("aliyun-acr-credential-helper {}", env!("CARGO_PKG_VERSION"))
         );
+    }
+
+    #[test]
+    fn every_flag_has_an_environment_variable() {
+        let cmd = Args::command();
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            assert!(
+                arg.get_env().is_some(),
+                "--{id} has no environment variable"
+            );
+        }
+    }
+
+    #[test]
+    fn endpoint_overrides() {
+        let args = Args::try_parse_from([
+            "x",
+            "--sts-endpoint",
+            "http://127.0.0.1:8080",
+            "--cr-endpoint",
+            "http://127.0.0.1:8080/r/{region}",
+            "--metadata-endpoint",
+            "http://127.0.0.1:8080",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let e = args.cloud.endpoints().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(e.sts.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(e.cr_template, "http://127.0.0.1:8080/r/{region}");
+        let defaults = Args::try_parse_from(["x"]).unwrap_or_else(|e| panic!("{e}"));
+        let e = defaults.cloud.endpoints().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(e.sts.as_str(), "https://sts.aliyuncs.com/");
+        assert_eq!(e.metadata.as_str(), "http://100.100.100.200/");
+    }
+
+    #[test]
+    fn bad_endpoints_are_named() {
+        for (flag, value) in [
+            ("--sts-endpoint", "sts.aliyuncs.com"),
+            ("--cr-endpoint", "ftp://cr.{region}.example"),
+            ("--metadata-endpoint", "http://"),
+        ] {
+            let args = Args::try_parse_from(["x", flag, value]).unwrap_or_else(|e| panic!("{e}"));
+            let err = args
+                .cloud
+                .endpoints()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(flag), "{flag}: {err}");
+        }
+    }
+
+    #[test]
+    fn go_durations() {
+        let d = |s| parse_duration(s);
+        assert_eq!(d("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(d("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(d("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(d(" 1.5h "), Ok(Duration::from_secs(5400)));
+        assert_eq!(d("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(d("0"), Ok(Duration::ZERO));
+        for bad in [
+            "",
+            "15",
+            "m",
+            "15x",
+            "1h-5m",
+            "abc",
+            "1..5s",
+            "99999999999h",
+        ] {
+            assert!(d(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -4,4 +4,6 @@
 //!
 //! The crate is one library and one binary; the binary is a thin shell around [`cli::Args`].
 
+pub mod aliyun;
 pub mod cli;
+pub mod credentials;

@@ -8,6 +8,8 @@
 //! instead of starting their own.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod fake_cloud;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;

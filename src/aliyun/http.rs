@@ -1,0 +1,270 @@
+//! The HTTP layer shared by the cloud clients: connect and read timeouts, retries with exponential
+//! backoff and full jitter on server errors, throttling and timeouts (never on authentication or
+//! permission errors), and decoding of Alibaba Cloud error documents.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::error::{ApiName, CloudError, endpoint_of, sanitize_message};
+
+/// How often and how patiently a call is retried.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// The backoff ceiling of the first retry; it doubles each time.
+    pub base_delay: Duration,
+    /// The largest backoff ceiling.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The backoff before retry number `retry` (1 for the first retry): a uniformly random
+    /// duration up to `min(max_delay, base_delay * 2^(retry-1))` ("full jitter").
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let ceiling = self
+            .base_delay
+            .saturating_mul(1u32 << retry.saturating_sub(1).min(20))
+            .min(self.max_delay);
+        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::random_range(0..=millis))
+    }
+}
+
+/// Timeouts and retries of the cloud clients.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    pub connect_timeout: Duration,
+    /// The whole request, from sending to the last byte of the answer.
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// A successful answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// The HTTP client of every cloud call. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Http {
+    client: reqwest::Client,
+    retry: RetryPolicy,
+}
+
+/// Installs the process's one rustls crypto provider (ring) if none is installed yet.
+pub fn install_crypto_provider() {
+    // Err means a provider is installed already, which is all we need.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl Http {
+    pub fn new(options: &HttpOptions) -> Result<Http, CloudError> {
+        install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.request_timeout)
+            .user_agent(concat!(
+                "aliyun-acr-credential-helper/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()
+            .map_err(|e| CloudError::Client(e.without_url().to_string()))?;
+        Ok(Http {
+            client,
+            retry: options.retry.clone(),
+        })
+    }
+
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Sends the request `build` makes, retrying as the policy says. `build` is called for every
+    /// attempt, so each is signed afresh (a new nonce and timestamp).
+    pub(crate) async fn send<F>(&self, api: ApiName, mut build: F) -> Result<Reply, CloudError>
+    where
+        F: FnMut() -> Result<reqwest::Request, CloudError>,
+    {
+        let mut attempt = 1;
+        loop {
+            let request = build()?;
+            match self.send_once(api, request).await {
+                Err(e) if e.is_retryable() && attempt < self.retry.max_attempts => {
+                    let delay = self.retry.backoff(attempt);
+                    tracing::warn!(
+                        api,
+                        attempt,
+                        error = %e,
+                        retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        "cloud call failed; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn send_once(
+        &self,
+        api: ApiName,
+        request: reqwest::Request,
+    ) -> Result<Reply, CloudError> {
+        let endpoint = endpoint_of(request.url());
+        let transport = |e: reqwest::Error| {
+            if e.is_timeout() {
+                CloudError::Timeout {
+                    api,
+                    endpoint: endpoint.clone(),
+                }
+            } else {
+                CloudError::Unreachable {
+                    api,
+                    endpoint: endpoint.clone(),
+                    detail: error_chain(&e.without_url()),
+                }
+            }
+        };
+        let response = self.client.execute(request).await.map_err(transport)?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(transport)?.to_vec();
+        if (200..300).contains(&status) {
+            return Ok(Reply { status, body });
+        }
+        Err(service_error(api, status, &endpoint, &body))
+    }
+}
+
+/// An error and its sources, as one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Alibaba Cloud's error document: RPC APIs use PascalCase keys, ROA APIs lower camel case.
+#[derive(Debug, Deserialize)]
+struct ErrorDocument {
+    #[serde(alias = "code")]
+    #[serde(rename = "Code")]
+    code: Option<String>,
+    #[serde(alias = "message")]
+    #[serde(rename = "Message")]
+    message: Option<String>,
+    #[serde(alias = "requestId")]
+    #[serde(rename = "RequestId")]
+    request_id: Option<String>,
+}
+
+fn service_error(api: ApiName, status: u16, endpoint: &str, body: &[u8]) -> CloudError {
+    match serde_json::from_slice::<ErrorDocument>(body) {
+        Ok(ErrorDocument {
+            code: Some(code),
+            message,
+            request_id,
+        }) => CloudError::Service {
+            api,
+            status,
+            code,
+            message: sanitize_message(message.as_deref().unwrap_or("")),
+            request_id: request_id.unwrap_or_else(|| "-".to_owned()),
+        },
+        _ => CloudError::Http {
+            api,
+            status,
+            endpoint: endpoint.to_owned(),
+        },
+    }
+}
+
+/// Decodes a JSON answer; errors name the position, never the content.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    api: ApiName,
+    reply: &Reply,
+) -> Result<T, CloudError> {
+    serde_json::from_slice(&reply.body).map_err(|e| CloudError::InvalidResponse {
+        api,
+        detail: super::error::describe_json_error(&e),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_within_the_ceiling() {
+        let p = RetryPolicy {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(1000),
+        };
+        for _ in 0..200 {
+            assert!(p.backoff(1) <= Duration::from_millis(100));
+            assert!(p.backoff(2) <= Duration::from_millis(200));
+            assert!(p.backoff(3) <= Duration::from_millis(400));
+            assert!(p.backoff(30) <= Duration::from_millis(1000));
+        }
+        // Jitter: not every draw is the same.
+        let draws: std::collections::BTreeSet<Duration> = (0..50).map(|_| p.backoff(4)).collect();
+        assert!(draws.len() > 5, "{draws:?}");
+    }
+
+    #[test]
+    fn error_documents_of_both_styles_are_read() {
+        let rpc = br#"{"RequestId":"R1","HostId":"h","Code":"NoPermission","Message":"You are not authorized"}"#;
+        match service_error("AssumeRole", 403, "https://sts", rpc) {
+            CloudError::Service {
+                code, request_id, ..
+            } => {
+                assert_eq!(code, "NoPermission");
+                assert_eq!(request_id, "R1");
+            }
+            other => panic!("{other:?}"),
+        }
+        let roa = br#"{"code":"USER_NOT_EXIST","message":"no","requestId":"R2"}"#;
+        match service_error("GetPersonalAuthorizationToken", 404, "https://cr", roa) {
+            CloudError::Service {
+                code, request_id, ..
+            } => {
+                assert_eq!(code, "USER_NOT_EXIST");
+                assert_eq!(request_id, "R2");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            service_error("MetadataCredentials", 404, "http://md", b"Not Found"),
+            CloudError::Http { status: 404, .. }
+        ));
+    }
+}
