@@ -3,13 +3,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args as ClapArgs, Parser};
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
 use crate::aliyun::http::{HttpOptions, RetryPolicy};
 use crate::aliyun::{
     CloudError, DEFAULT_CR_ENDPOINT, DEFAULT_METADATA_ENDPOINT, DEFAULT_STS_ENDPOINT, Endpoints,
 };
-use crate::credentials::DEFAULT_OIDC_TOKEN_FILE;
+use crate::credentials::{DEFAULT_OIDC_TOKEN_FILE, TokenMode};
+use crate::render::DEFAULT_SECRET_NAME;
 
 /// The command line of the `aliyun-acr-credential-helper` binary.
 #[derive(Debug, Parser)]
@@ -19,8 +20,140 @@ use crate::credentials::DEFAULT_OIDC_TOKEN_FILE;
     about = "Keeps Alibaba Cloud Container Registry pull Secrets fresh and attached to ServiceAccounts"
 )]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
+
     #[command(flatten)]
     pub cloud: CloudArgs,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the controller (the default).
+    Run,
+    /// Remove every imagePullSecrets reference and Secret this controller created, in every
+    /// namespace (run it after `helm uninstall`).
+    Cleanup,
+    /// Validate an acr-configuration ConfigMap manifest offline, with the controller's messages.
+    /// Exits 0 when usable, 1 when not.
+    CheckConfig {
+        /// A YAML file holding the ConfigMap (or just its `data`).
+        file: PathBuf,
+    },
+}
+
+/// What the controller reads and writes in the cluster.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct KubeArgs {
+    /// Namespace of the acr-configuration ConfigMap.
+    #[arg(
+        long,
+        env = "ACR_HELPER_CONFIG_NAMESPACE",
+        default_value = "kube-system"
+    )]
+    pub config_namespace: String,
+
+    /// Name of the ConfigMap.
+    #[arg(
+        long,
+        env = "ACR_HELPER_CONFIG_NAME",
+        default_value = "acr-configuration"
+    )]
+    pub config_name: String,
+
+    /// Name of the pull Secret written into every watched namespace.
+    #[arg(long, env = "ACR_HELPER_SECRET_NAME", default_value = DEFAULT_SECRET_NAME)]
+    pub secret_name: String,
+
+    /// The cluster's region, the default region of instances (default: asked from the ECS
+    /// metadata service).
+    #[arg(long, env = "ACR_HELPER_REGION")]
+    pub region: Option<String>,
+}
+
+/// How the controller runs.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct RunArgs {
+    /// The cluster's own identity: managedRole, workerRole, or auto (by cluster age).
+    #[arg(
+        long,
+        env = "ACR_HELPER_TOKEN_MODE",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub token_mode: TokenMode,
+
+    /// The ACK managed-role addon token Secret, namespace/name.
+    #[arg(
+        long,
+        env = "ACR_HELPER_ADDON_TOKEN_SECRET",
+        default_value = "kube-system/addon.aliyuncsmanagedacrrole.token"
+    )]
+    pub addon_token_secret: String,
+
+    /// Address of /metrics, /livez and /readyz.
+    #[arg(long, env = "ACR_HELPER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: std::net::SocketAddr,
+
+    /// Elect a leader on a Lease so that only one replica writes.
+    #[arg(long, env = "ACR_HELPER_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "ACR_HELPER_LEASE_NAME",
+        default_value = "aliyun-acr-credential-helper"
+    )]
+    pub lease_name: String,
+
+    /// Namespace of the leader Lease (default: the ConfigMap's namespace).
+    #[arg(long, env = "ACR_HELPER_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// How long a leader holds the Lease without renewing it.
+    #[arg(long, env = "ACR_HELPER_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
+    /// How long before the Lease runs out the leader renews it.
+    #[arg(long, env = "ACR_HELPER_LEASE_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub lease_grace: Duration,
+
+    /// This replica's identity in the Lease (default: the pod name from POD_NAME, or the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Plain,
+}
+
+/// Logging.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct LogArgs {
+    /// json or plain.
+    #[arg(
+        long,
+        env = "ACR_HELPER_LOG_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
+    pub log_format: LogFormat,
+
+    /// A level (error, warn, info, debug, trace) or a tracing filter such as `info,kube=warn`.
+    #[arg(long, env = "ACR_HELPER_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
 }
 
 /// Where and how the Alibaba Cloud APIs are called.

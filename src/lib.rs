@@ -2,8 +2,15 @@
 //! in the namespaces an operator selects and attaches them to the selected ServiceAccounts, as the
 //! ACK add-on of the same name does.
 //!
-//! The crate is one library and one binary; the binary is a thin shell around [`cli::Args`].
+//! The crate is one library and one binary; the binary is a thin shell around [`app::main`].
 
 pub mod aliyun;
+pub mod app;
 pub mod cli;
+pub mod config;
+pub mod controller;
 pub mod credentials;
+pub mod metrics;
+pub mod render;
+pub mod server;
+pub mod telemetry;

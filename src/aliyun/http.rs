@@ -2,6 +2,7 @@
 //! backoff and full jitter on server errors, throttling and timeouts (never on authentication or
 //! permission errors), and decoding of Alibaba Cloud error documents.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -68,11 +69,23 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
+/// Told of every attempt of every cloud call: the API, and `ok` or the error's category.
+pub type CallObserver = Arc<dyn Fn(ApiName, &'static str) + Send + Sync>;
+
 /// The HTTP client of every cloud call. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Http {
     client: reqwest::Client,
     retry: RetryPolicy,
+    observer: Option<CallObserver>,
+}
+
+impl std::fmt::Debug for Http {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http")
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Installs the process's one rustls crypto provider (ring) if none is installed yet.
@@ -96,7 +109,14 @@ impl Http {
         Ok(Http {
             client,
             retry: options.retry.clone(),
+            observer: None,
         })
+    }
+
+    /// Reports every attempt to `observer` (metrics).
+    pub fn with_observer(mut self, observer: CallObserver) -> Http {
+        self.observer = Some(observer);
+        self
     }
 
     pub(crate) fn client(&self) -> &reqwest::Client {
@@ -112,7 +132,14 @@ impl Http {
         let mut attempt = 1;
         loop {
             let request = build()?;
-            match self.send_once(api, request).await {
+            let result = self.send_once(api, request).await;
+            if let Some(observe) = &self.observer {
+                observe(
+                    api,
+                    result.as_ref().map_or_else(CloudError::category, |_| "ok"),
+                );
+            }
+            match result {
                 Err(e) if e.is_retryable() && attempt < self.retry.max_attempts => {
                     let delay = self.retry.backoff(attempt);
                     tracing::warn!(

@@ -1,0 +1,441 @@
+use super::*;
+
+fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn ok(pairs: &[(&str, &str)]) -> Parsed {
+    parse(&data(pairs), Some("cn-hangzhou")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn err(pairs: &[(&str, &str)]) -> String {
+    match parse(&data(pairs), Some("cn-hangzhou")) {
+        Ok(p) => panic!("accepted: {:?}", p.config),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn names(list: &[&str]) -> Selection {
+    Selection::Names(list.iter().map(|s| (*s).to_owned()).collect())
+}
+
+#[test]
+fn an_empty_config_means_the_defaults() {
+    let p = ok(&[]);
+    assert_eq!(p.config.namespaces, names(&["default"]));
+    assert_eq!(p.config.service_accounts, names(&["default"]));
+    assert_eq!(p.config.expiring_threshold, Duration::from_secs(900));
+    assert_eq!(
+        p.config.instances,
+        vec![Instance {
+            edition: Edition::Personal,
+            region: "cn-hangzhou".into(),
+            domains: vec![],
+            auth: InstanceAuth::default(),
+        }]
+    );
+    assert!(!p.config.rrsa_enabled);
+    assert_eq!(p.config.webhook, WebhookConfig::default());
+    assert!(p.warnings.is_empty());
+}
+
+#[test]
+fn selections_trim_and_compare_keywords_case_insensitively() {
+    let p = ok(&[("watch-namespace", " ALL "), ("service-account", "*")]);
+    assert_eq!(p.config.namespaces, Selection::All);
+    assert_eq!(p.config.service_accounts, Selection::All);
+    let p = ok(&[
+        ("watch-namespace", "team-a, Default ,team-b,"),
+        ("service-account", "Default, builder"),
+    ]);
+    assert_eq!(p.config.namespaces, names(&["default", "team-a", "team-b"]));
+    assert_eq!(p.config.service_accounts, names(&["builder", "default"]));
+    assert!(p.config.namespaces.contains("team-a"));
+    assert!(!p.config.namespaces.contains("team-c"));
+}
+
+#[test]
+fn the_documented_examples_parse() {
+    // The seed documents' cross-account example.
+    let p = ok(&[
+        ("service-account", "default"),
+        ("watch-namespace", "all"),
+        ("expiring-threshold", "15m"),
+        ("notify-email", "c*@example.com"),
+        (
+            "acr-registry-info",
+            r#"- instanceId: "cri-xxx"
+  regionId: "cn-hangzhou"
+  domains: "xxxxx-registry.cn-hangzhou.cr.aliyuncs.com"
+  rrsaRoleARN: "acs:ram::1280000000009011:role/rrsa-a"
+  rrsaOIDCProviderRoleARN: "acs:ram::1280000000009011:oidc-provider/ack-rrsa-c8864"
+  assumeRoleARN: "acs:ram::1000000000009630:role/puller"
+  expireDuration: 3600
+"#,
+        ),
+        ("rrsa", "enable: true\n"),
+    ]);
+    let inst = &p.config.instances[0];
+    assert_eq!(
+        inst.edition,
+        Edition::Enterprise {
+            instance_id: "cri-xxx".into()
+        }
+    );
+    assert_eq!(
+        inst.domains,
+        vec!["xxxxx-registry.cn-hangzhou.cr.aliyuncs.com"]
+    );
+    assert_eq!(
+        inst.auth.rrsa,
+        Some(RrsaRole {
+            role_arn: "acs:ram::1280000000009011:role/rrsa-a".into(),
+            oidc_provider_arn: "acs:ram::1280000000009011:oidc-provider/ack-rrsa-c8864".into(),
+        })
+    );
+    assert_eq!(
+        inst.auth.assume_role,
+        Some(AssumedRole {
+            role_arn: "acs:ram::1000000000009630:role/puller".into(),
+            duration_seconds: 3600
+        })
+    );
+    assert_eq!(
+        p.config.legacy.get("notify-email").map(String::as_str),
+        Some("c*@example.com")
+    );
+
+    // The AccessKey example: Personal Edition in a given region.
+    let p = ok(&[(
+        "acr-registry-info",
+        "- instanceId: \"\"\n  regionId: \"cn-beijing\"\n  customAccessKey: \"LTAI5tKey\"\n  customAccessKeySecret: \"s3cret\"\n",
+    )]);
+    let inst = &p.config.instances[0];
+    assert_eq!(inst.edition, Edition::Personal);
+    assert_eq!(inst.region, "cn-beijing");
+    assert_eq!(
+        inst.auth.custom_access_key.as_ref().map(|k| k.id.as_str()),
+        Some("LTAI5tKey")
+    );
+}
+
+#[test]
+fn domains_as_a_list_and_expire_duration_as_a_string() {
+    let p = ok(&[(
+        "acr-registry-info",
+        "- instanceId: cri-abc123\n  domains:\n    - A.example.com\n    - b.example.com:5000\n  assumeRoleARN: acs:ram::1:role/r\n  expireDuration: \"7200\"\n",
+    )]);
+    let inst = &p.config.instances[0];
+    assert_eq!(inst.domains, vec!["a.example.com", "b.example.com:5000"]);
+    assert_eq!(
+        inst.auth.assume_role.as_ref().map(|r| r.duration_seconds),
+        Some(7200)
+    );
+    assert_eq!(inst.region, "cn-hangzhou", "the cluster region by default");
+}
+
+#[test]
+fn several_instances_and_default_expire_duration() {
+    let p = ok(&[(
+        "acr-registry-info",
+        "- instanceId: cri-one\n- instanceId: cri-two\n  regionId: ap-southeast-1\n  assumeRoleARN: acs:ram::1:role/x\n- regionId: us-west-1\n",
+    )]);
+    let labels: Vec<String> = p.config.instances.iter().map(Instance::label).collect();
+    assert_eq!(labels, vec!["cri-one", "cri-two", "personal/us-west-1"]);
+    assert_eq!(
+        p.config.instances[1]
+            .auth
+            .assume_role
+            .as_ref()
+            .map(|r| r.duration_seconds),
+        Some(3600)
+    );
+}
+
+#[test]
+fn unknown_keys_and_fields_are_warnings() {
+    let p = ok(&[
+        ("colour", "blue"),
+        (
+            "acr-registry-info",
+            "- instanceId: cri-abc\n  flavour: vanilla\n",
+        ),
+        ("webhook-configuration", "enable: true\nextra: 1\n"),
+        ("rrsa", "enable: false\nmode: x\n"),
+        ("acr-api-version", "2018-12-01"),
+    ]);
+    assert_eq!(p.warnings.len(), 4, "{:?}", p.warnings);
+    assert!(p.warnings.iter().any(|w| w.contains("colour")));
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("acr-registry-info[0]") && w.contains("flavour"))
+    );
+}
+
+#[test]
+fn rrsa_arns_without_rrsa_enabled_are_a_warning_not_used() {
+    let p = ok(&[(
+        "acr-registry-info",
+        "- instanceId: cri-abc\n  rrsaRoleARN: acs:ram::1:role/a\n  rrsaOIDCProviderRoleARN: acs:ram::1:oidc-provider/p\n",
+    )]);
+    assert_eq!(p.config.instances[0].auth.rrsa, None);
+    assert_eq!(p.warnings.len(), 1);
+}
+
+#[test]
+fn webhook_configuration() {
+    let p = ok(&[(
+        "webhook-configuration",
+        "enable: true\nfailure-policy: fail\ntimeout-seconds: 5\n",
+    )]);
+    assert_eq!(
+        p.config.webhook,
+        WebhookConfig {
+            enable: true,
+            failure_policy: FailurePolicy::Fail,
+            timeout_seconds: 5
+        }
+    );
+}
+
+/// Each malformed configuration, and the words its message must contain.
+const MALFORMED: &[(&str, &str, &[&str])] = &[
+    (
+        "expiring-threshold",
+        "15",
+        &["expiring-threshold", "duration", "\"15\""],
+    ),
+    (
+        "expiring-threshold",
+        "fifteen minutes",
+        &["expiring-threshold", "duration"],
+    ),
+    (
+        "expiring-threshold",
+        "0s",
+        &["expiring-threshold", "positive"],
+    ),
+    (
+        "expiring-threshold",
+        "-5m",
+        &["expiring-threshold", "duration"],
+    ),
+    (
+        "watch-namespace",
+        "team_a",
+        &["watch-namespace[0]", "namespace name", "team_a"],
+    ),
+    (
+        "watch-namespace",
+        "ok, Bad.Name",
+        &["watch-namespace[1]", "Bad.Name"],
+    ),
+    (
+        "watch-namespace",
+        " , ,",
+        &["watch-namespace", "empty list"],
+    ),
+    (
+        "service-account",
+        "UPPER",
+        &["service-account[0]", "ServiceAccount name"],
+    ),
+    (
+        "acr-registry-info",
+        "- instanceId: [unclosed",
+        &["acr-registry-info", "YAML"],
+    ),
+    (
+        "acr-registry-info",
+        "instanceId: cri-abc",
+        &["acr-registry-info", "single mapping"],
+    ),
+    (
+        "acr-registry-info",
+        "just a string",
+        &["acr-registry-info", "list"],
+    ),
+    (
+        "acr-registry-info",
+        "- 42",
+        &["acr-registry-info[0]", "mapping"],
+    ),
+    (
+        "acr-registry-info",
+        "- instanceId: i-abc",
+        &["acr-registry-info[0].instanceId", "cri-"],
+    ),
+    (
+        "acr-registry-info",
+        "- instanceId: cri-a\n  regionId: Hangzhou",
+        &["acr-registry-info[0].regionId", "region id"],
+    ),
+    (
+        "acr-registry-info",
+        "- instanceId: cri-a\n- instanceId: cri-b\n  regionId: cn_beijing",
+        &["acr-registry-info[1].regionId"],
+    ),
+    (
+        "acr-registry-info",
+        "- instanceId: cri-a\n  domains: {a: b}",
+        &["acr-registry-info[0].domains"],
+    ),
+    (
+        "acr-registry-info",
+        "- instanceId: cri-a\n  domains: \"ok.example.com, not a host\"",
+        &["acr-registry-info[0].domains", "not a host"],
+    ),
+    (
+        "acr-registry-info",
+        "- customAccessKey: LTAI5tKey",
+        &[
+            "acr-registry-info[0].customAccessKeySecret",
+            "both or neither",
+        ],
+    ),
+    (
+        "acr-registry-info",
+        "- customAccessKeySecret: hunter2",
+        &["acr-registry-info[0].customAccessKey", "both or neither"],
+    ),
+    (
+        "acr-registry-info",
+        "- instanceId: cri-a\n  assumeRoleARN: arn:aws:iam::1:role/x",
+        &["acr-registry-info[0].assumeRoleARN", "role ARN"],
+    ),
+    (
+        "acr-registry-info",
+        "- instanceId: cri-a\n  assumeRoleARN: acs:ram::1:role/x\n  expireDuration: 60",
+        &["acr-registry-info[0].expireDuration", "900 to 43200"],
+    ),
+    (
+        "acr-registry-info",
+        "- instanceId: cri-a\n  assumeRoleARN: acs:ram::1:role/x\n  expireDuration: one hour",
+        &["acr-registry-info[0].expireDuration"],
+    ),
+    (
+        "acr-registry-info",
+        "- instanceId: cri-a\n  rrsaRoleARN: acs:ram::1:role/x",
+        &[
+            "acr-registry-info[0].rrsaOIDCProviderRoleARN",
+            "both or neither",
+        ],
+    ),
+    (
+        "acr-registry-info",
+        "- instanceId: cri-a\n  rrsaRoleARN: acs:ram::1:role/x\n  rrsaOIDCProviderRoleARN: acs:ram::1:role/y",
+        &[
+            "acr-registry-info[0].rrsaOIDCProviderRoleARN",
+            "oidc-provider",
+        ],
+    ),
+    (
+        "acr-registry-info",
+        "- instanceId: cri-a\n- instanceId: cri-a",
+        &["acr-registry-info[1]", "twice"],
+    ),
+    (
+        "acr-registry-info",
+        "- instanceId: cri-a\n  assumeRoleARN: acs:ram::abc:role/x",
+        &["acr-registry-info[0].assumeRoleARN"],
+    ),
+    ("rrsa", "enable: maybe", &["rrsa.enable", "true or false"]),
+    ("rrsa", "[1, 2]", &["rrsa", "YAML"]),
+    (
+        "webhook-configuration",
+        "enable: true\nfailure-policy: Sometimes",
+        &["webhook-configuration.failure-policy", "Ignore or Fail"],
+    ),
+    (
+        "webhook-configuration",
+        "enable: true\ntimeout-seconds: 31",
+        &["webhook-configuration.timeout-seconds", "1 to 30"],
+    ),
+    (
+        "webhook-configuration",
+        "enable: yes please",
+        &["webhook-configuration.enable"],
+    ),
+    (
+        "webhook-configuration",
+        "{{{",
+        &["webhook-configuration", "YAML"],
+    ),
+];
+
+#[test]
+fn malformed_configurations_are_rejected_with_messages_naming_the_key_item_and_expectation() {
+    assert!(MALFORMED.len() >= 20);
+    for (key, value, words) in MALFORMED {
+        let message = err(&[(key, value)]);
+        for w in *words {
+            assert!(
+                message.contains(w),
+                "{key}={value:?}: {message:?} lacks {w:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn secrets_are_never_quoted_in_messages() {
+    let message = err(&[(
+        "acr-registry-info",
+        "- customAccessKey: \"bad key with spaces\"\n  customAccessKeySecret: \"hunter2-secret\"\n",
+    )]);
+    assert!(message.contains("customAccessKey"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+    let message = err(&[(
+        "acr-registry-info",
+        "- customAccessKeySecret: hunter2-secret\n",
+    )]);
+    assert!(!message.contains("hunter2"), "{message}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let e = parse(
+        &data(&[
+            ("expiring-threshold", "x"),
+            ("watch-namespace", "Bad"),
+            ("rrsa", "enable: 3"),
+        ]),
+        Some("cn-hangzhou"),
+    )
+    .err()
+    .unwrap_or_else(|| panic!("must fail"));
+    assert_eq!(e.0.len(), 3, "{e}");
+}
+
+#[test]
+fn without_a_cluster_region_instances_need_their_own() {
+    let e = parse(&data(&[]), None)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("acr-registry-info") && e.contains("--region"),
+        "{e}"
+    );
+    let e = parse(
+        &data(&[("acr-registry-info", "- instanceId: cri-a\n")]),
+        None,
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.contains("acr-registry-info[0].regionId"), "{e}");
+    let p = parse(
+        &data(&[(
+            "acr-registry-info",
+            "- instanceId: cri-a\n  regionId: cn-beijing\n",
+        )]),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.config.instances[0].region, "cn-beijing");
+}

@@ -1,0 +1,169 @@
+//! Prometheus metrics. Labels are low-cardinality and never carry a secret: APIs, results, error
+//! categories, instance ids and kinds of write.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CategoryLabel {
+    pub category: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloudCallLabels {
+    pub api: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabel {
+    pub instance: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabel {
+    pub kind: String,
+}
+
+/// Every metric of the process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Family<ResultLabel, Counter>,
+    pub reconcile_errors: Family<CategoryLabel, Counter>,
+    pub cloud_calls: Family<CloudCallLabels, Counter>,
+    pub token_expiry: Family<InstanceLabel, Gauge>,
+    pub writes: Family<WriteLabel, Counter>,
+    pub secrets_managed: Gauge,
+    pub config_valid: Gauge,
+    pub config_present: Gauge,
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("acr_helper");
+        let m = Metrics {
+            reconciles: Family::default(),
+            reconcile_errors: Family::default(),
+            cloud_calls: Family::default(),
+            token_expiry: Family::default(),
+            writes: Family::default(),
+            secrets_managed: Gauge::default(),
+            config_valid: Gauge::default(),
+            config_present: Gauge::default(),
+            leader: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "reconciles",
+            "Namespace reconciles by result",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconcile errors by category",
+            m.reconcile_errors.clone(),
+        );
+        registry.register(
+            "cloud_calls",
+            "Alibaba Cloud API calls (each attempt) by API and result",
+            m.cloud_calls.clone(),
+        );
+        registry.register(
+            "token_expiry_timestamp_seconds",
+            "When each instance's current registry password stops working (Unix time)",
+            m.token_expiry.clone(),
+        );
+        registry.register(
+            "api_writes",
+            "Writes to the Kubernetes API by kind",
+            m.writes.clone(),
+        );
+        registry.register(
+            "secrets_managed",
+            "Pull Secrets the controller currently manages",
+            m.secrets_managed.clone(),
+        );
+        registry.register(
+            "config_valid",
+            "1 if the last acr-configuration seen was usable, 0 if it was rejected",
+            m.config_valid.clone(),
+        );
+        registry.register(
+            "config_present",
+            "1 if the acr-configuration ConfigMap exists",
+            m.config_present.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            m.leader.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn write(&self, kind: &str) {
+        self.writes
+            .get_or_create(&WriteLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn cloud_call(&self, api: &str, result: &str) {
+        self.cloud_calls
+            .get_or_create(&CloudCallLabels {
+                api: api.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_prefixed_families() {
+        let m = Metrics::new();
+        m.cloud_call("GetAuthorizationToken", "ok");
+        m.write("secret_create");
+        m.config_valid.set(1);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"acr_helper_cloud_calls_total{api="GetAuthorizationToken",result="ok"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"acr_helper_api_writes_total{kind="secret_create"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("acr_helper_config_valid 1"), "{text}");
+    }
+}

@@ -1,0 +1,316 @@
+//! Pure rendering: registry logins into a `kubernetes.io/dockerconfigjson` Secret, and the
+//! `imagePullSecrets` a ServiceAccount should have.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{LocalObjectReference, Secret};
+use secrecy::{ExposeSecret, SecretString};
+
+/// The default name of the pull Secret in every watched namespace (`--secret-name`).
+pub const DEFAULT_SECRET_NAME: &str = "aliyun-acr-credential-helper";
+/// The label on everything the controller owns.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "aliyun-acr-credential-helper";
+pub const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
+pub const DOCKER_CONFIG_TYPE: &str = "kubernetes.io/dockerconfigjson";
+const ANNOTATION_PREFIX: &str = "aliyun-acr-credential-helper/";
+/// When the earliest of the Secret's passwords stops working (RFC 3339).
+pub const EXPIRES_AT: &str = "aliyun-acr-credential-helper/expires-at";
+/// The instances the Secret holds logins for, comma-separated.
+pub const INSTANCES: &str = "aliyun-acr-credential-helper/instances";
+
+/// A login for one registry domain.
+pub struct Login<'a> {
+    pub domain: &'a str,
+    pub username: &'a str,
+    pub password: &'a SecretString,
+}
+
+/// The `.dockerconfigjson` document: `{"auths": {domain: {username, password, auth}}}`, with
+/// `auth` = base64(`username:password`). Domains sorted, so equal logins give equal bytes.
+pub fn dockerconfigjson(logins: &[Login<'_>]) -> Vec<u8> {
+    let auths: BTreeMap<&str, serde_json::Value> = logins
+        .iter()
+        .map(|l| {
+            let password = l.password.expose_secret();
+            (
+                l.domain,
+                serde_json::json!({
+                    "username": l.username,
+                    "password": password,
+                    "auth": BASE64.encode(format!("{}:{password}", l.username)),
+                }),
+            )
+        })
+        .collect();
+    // Serializing a map of strings cannot fail.
+    serde_json::to_vec(&serde_json::json!({ "auths": auths })).unwrap_or_default()
+}
+
+/// The Personal Edition's registry domains in a region.
+pub fn personal_domains(region: &str) -> Vec<String> {
+    vec![
+        format!("registry.{region}.aliyuncs.com"),
+        format!("registry-vpc.{region}.aliyuncs.com"),
+        format!("registry-intl.{region}.aliyuncs.com"),
+        format!("registry-intl-vpc.{region}.aliyuncs.com"),
+    ]
+}
+
+/// The Secret's desired content.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretContent {
+    pub dockerconfigjson: Vec<u8>,
+    pub expires_at: Timestamp,
+    pub instances: Vec<String>,
+}
+
+impl std::fmt::Debug for SecretContent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretContent")
+            .field("dockerconfigjson", &"[REDACTED]")
+            .field("expires_at", &self.expires_at)
+            .field("instances", &self.instances)
+            .finish()
+    }
+}
+
+impl SecretContent {
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (EXPIRES_AT.to_owned(), self.expires_at.to_string()),
+            (INSTANCES.to_owned(), self.instances.join(",")),
+        ])
+    }
+
+    /// The whole Secret object for `namespace`.
+    pub fn secret(&self, name: &str, namespace: &str) -> Secret {
+        Secret {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                labels: Some(BTreeMap::from([(
+                    MANAGED_BY_LABEL.to_owned(),
+                    MANAGED_BY_VALUE.to_owned(),
+                )])),
+                annotations: Some(self.annotations()),
+                ..Default::default()
+            },
+            type_: Some(DOCKER_CONFIG_TYPE.to_owned()),
+            data: Some(BTreeMap::from([(
+                DOCKER_CONFIG_KEY.to_owned(),
+                k8s_openapi::ByteString(self.dockerconfigjson.clone()),
+            )])),
+            ..Default::default()
+        }
+    }
+
+    /// Whether `existing` already holds exactly this content (data, type, label and our
+    /// annotations; other annotations and labels are someone else's and ignored).
+    pub fn matches(&self, existing: &Secret) -> bool {
+        let data_ok = existing
+            .data
+            .as_ref()
+            .and_then(|d| d.get(DOCKER_CONFIG_KEY))
+            .is_some_and(|b| b.0 == self.dockerconfigjson)
+            && existing.data.as_ref().is_some_and(|d| d.len() == 1);
+        let ours: BTreeMap<String, String> = existing
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        data_ok
+            && existing.type_.as_deref() == Some(DOCKER_CONFIG_TYPE)
+            && is_managed(&existing.metadata)
+            && ours == self.annotations()
+    }
+}
+
+/// Whether an object carries the controller's managed-by label.
+pub fn is_managed(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY_LABEL))
+        .is_some_and(|v| v == MANAGED_BY_VALUE)
+}
+
+/// The `imagePullSecrets` a ServiceAccount should have: `current` with a reference to `ours`
+/// appended (`want`) or removed (`!want`). Entries that are not ours keep their order. `None`
+/// when nothing needs to change.
+pub fn desired_pull_secrets(
+    current: &[LocalObjectReference],
+    ours: &str,
+    want: bool,
+) -> Option<Vec<LocalObjectReference>> {
+    let is_ours = |r: &LocalObjectReference| r.name == ours;
+    let present = current.iter().filter(|r| is_ours(r)).count();
+    match (want, present) {
+        (true, 1) | (false, 0) => None,
+        (true, 0) => {
+            let mut next = current.to_vec();
+            next.push(LocalObjectReference {
+                name: ours.to_owned(),
+            });
+            Some(next)
+        }
+        // Duplicates of ours collapse to the first; removal drops all of ours.
+        (true, _) => {
+            let mut seen = false;
+            Some(
+                current
+                    .iter()
+                    .filter(|r| {
+                        if !is_ours(r) {
+                            return true;
+                        }
+                        !std::mem::replace(&mut seen, true)
+                    })
+                    .cloned()
+                    .collect(),
+            )
+        }
+        (false, _) => Some(current.iter().filter(|r| !is_ours(r)).cloned().collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(names: &[&str]) -> Vec<LocalObjectReference> {
+        names
+            .iter()
+            .map(|n| LocalObjectReference {
+                name: (*n).to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dockerconfigjson_has_username_password_and_auth_per_domain() {
+        let pw = SecretString::from("p@ss:word");
+        let doc = dockerconfigjson(&[
+            Login {
+                domain: "b.example.com",
+                username: "cr_temp_user",
+                password: &pw,
+            },
+            Login {
+                domain: "a.example.com",
+                username: "cr_temp_user",
+                password: &pw,
+            },
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&doc).unwrap_or_default();
+        let a = &v["auths"]["a.example.com"];
+        assert_eq!(a["username"], "cr_temp_user");
+        assert_eq!(a["password"], "p@ss:word");
+        assert_eq!(a["auth"], BASE64.encode("cr_temp_user:p@ss:word"));
+        assert!(v["auths"]["b.example.com"].is_object());
+        // Deterministic: domains sorted whatever the input order.
+        let again = dockerconfigjson(&[
+            Login {
+                domain: "a.example.com",
+                username: "cr_temp_user",
+                password: &pw,
+            },
+            Login {
+                domain: "b.example.com",
+                username: "cr_temp_user",
+                password: &pw,
+            },
+        ]);
+        assert_eq!(doc, again);
+    }
+
+    #[test]
+    fn pull_secret_references() {
+        let ours = "aliyun-acr-credential-helper";
+        assert_eq!(desired_pull_secrets(&[], ours, false), None);
+        assert_eq!(desired_pull_secrets(&[], ours, true), Some(refs(&[ours])));
+        assert_eq!(
+            desired_pull_secrets(&refs(&["x", "y"]), ours, true),
+            Some(refs(&["x", "y", ours]))
+        );
+        assert_eq!(
+            desired_pull_secrets(&refs(&["x", ours, "y"]), ours, true),
+            None
+        );
+        assert_eq!(
+            desired_pull_secrets(&refs(&["x", ours, "y"]), ours, false),
+            Some(refs(&["x", "y"]))
+        );
+        assert_eq!(
+            desired_pull_secrets(&refs(&[ours, "x", ours]), ours, true),
+            Some(refs(&[ours, "x"]))
+        );
+        assert_eq!(
+            desired_pull_secrets(&refs(&[ours, "x", ours]), ours, false),
+            Some(refs(&["x"]))
+        );
+        // Entries with an empty name are someone else's and kept.
+        let odd = vec![LocalObjectReference {
+            name: String::new(),
+        }];
+        assert_eq!(desired_pull_secrets(&odd, ours, false), None);
+    }
+
+    #[test]
+    fn secret_content_matching() {
+        let pw = SecretString::from("pw");
+        let content = SecretContent {
+            dockerconfigjson: dockerconfigjson(&[Login {
+                domain: "a.example.com",
+                username: "u",
+                password: &pw,
+            }]),
+            expires_at: "2026-11-22T11:00:00Z"
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+            instances: vec!["cri-a".into()],
+        };
+        let mut s = content.secret("n", "ns");
+        assert!(content.matches(&s));
+        s.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("someone/else".into(), "x".into());
+        assert!(content.matches(&s), "foreign annotations do not matter");
+        let mut changed = s.clone();
+        changed
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(EXPIRES_AT.into(), "2026-11-22T12:00:00Z".into());
+        assert!(!content.matches(&changed));
+        let mut unlabeled = s.clone();
+        unlabeled.metadata.labels = None;
+        assert!(!content.matches(&unlabeled));
+        let mut other_data = s;
+        other_data.data = Some(BTreeMap::from([(
+            DOCKER_CONFIG_KEY.into(),
+            k8s_openapi::ByteString(b"{}".to_vec()),
+        )]));
+        assert!(!content.matches(&other_data));
+        assert!(!format!("{content:?}").contains("pw"));
+    }
+
+    #[test]
+    fn personal_domains_cover_public_vpc_and_intl() {
+        assert_eq!(
+            personal_domains("cn-shanghai"),
+            vec![
+                "registry.cn-shanghai.aliyuncs.com",
+                "registry-vpc.cn-shanghai.aliyuncs.com",
+                "registry-intl.cn-shanghai.aliyuncs.com",
+                "registry-intl-vpc.cn-shanghai.aliyuncs.com",
+            ]
+        );
+    }
+}
