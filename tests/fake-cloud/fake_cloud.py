@@ -228,14 +228,15 @@ class State:
                 raise CloudError(400, "SignatureNonceUsed", "The request signature nonce has been used.")
             self.nonces.add(nonce)
 
-    def issue_registry_password(self, username: str, instance: str, caller_expires: float | None) -> tuple[str, float]:
+    def issue_registry_password(self, username: str, instance: str, caller: dict) -> tuple[str, float]:
         now = time.time()
         expires = now + self.lifetime("registry_seconds", 3600)
-        if caller_expires is not None:
-            expires = min(expires, caller_expires)
+        if caller["expires"] is not None:
+            expires = min(expires, caller["expires"])
         password = "reg-" + secrets.token_urlsafe(32)
         with self.lock:
-            self.registry_passwords[password] = {"username": username, "expires": expires, "instance": instance}
+            self.registry_passwords[password] = {"username": username, "expires": expires, "instance": instance,
+                                                 "principal": caller["principal"]}
         return password, expires
 
 
@@ -498,7 +499,7 @@ class Handler(BaseHTTPRequestHandler):
         instance_id = params.get("InstanceId")
         self.instance(instance_id, region)
         username = "cr_temp_user"
-        password, expires = self.state.issue_registry_password(username, instance_id, caller["expires"])
+        password, expires = self.state.issue_registry_password(username, instance_id, caller)
         return {
             "AuthorizationToken": password,
             "TempUsername": username,
@@ -546,7 +547,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise CloudError(404, "USER_NOT_EXIST", "The Personal Edition instance does not exist in this region.")
             self.check_allowed(caller, "GetAuthorizationToken")
             username = self.state.config.get("personal_username", "acr-user@1234567890123456")
-            password, expires = self.state.issue_registry_password(username, f"personal/{region_id}", caller["expires"])
+            password, expires = self.state.issue_registry_password(username, f"personal/{region_id}", caller)
             self.send_json(200, {
                 "data": {"authorizationToken": password, "tempUserName": username, "expireDate": int(expires * 1000)},
                 "requestId": str(uuid.uuid4()).upper(),
@@ -653,6 +654,7 @@ class Handler(BaseHTTPRequestHandler):
             if entry["expires"] <= time.time():
                 return self.send_json(200, {"valid": False, "reason": "expired"})
             return self.send_json(200, {"valid": True, "instance": entry["instance"],
+                                        "principal": entry["principal"],
                                         "expires_ms": int(entry["expires"] * 1000)})
         self.send_text(404, "no such control endpoint")
 

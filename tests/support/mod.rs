@@ -9,6 +9,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod fake_cloud;
+pub mod harness;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,0 +1,969 @@
+//! The controller end to end: the real binary against the local API server and the fake cloud.
+//! Every wait has a deadline; nothing sleeps for a fixed time to let something happen.
+
+mod support;
+
+use std::time::Duration;
+
+use acr_helper::aliyun::addon_token;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{LocalObjectReference, Secret, ServiceAccount};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use support::fake_cloud::*;
+use support::harness::{BINARY, Harness, domains};
+use support::{TestNamespace, wait_until};
+
+const ENTERPRISE: &str = "- instanceId: cri-fakeinstance0001\n";
+const ENTERPRISE_DOMAINS: [&str; 2] = [
+    "fake-registry-vpc.cn-hangzhou.cr.aliyuncs.com",
+    "fake-registry.cn-hangzhou.cr.aliyuncs.com",
+];
+
+async fn create_sa(client: &Client, ns: &str, name: &str, pull_secrets: &[&str]) {
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &ServiceAccount {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    ..Default::default()
+                },
+                image_pull_secrets: (!pull_secrets.is_empty()).then(|| {
+                    pull_secrets
+                        .iter()
+                        .map(|n| LocalObjectReference {
+                            name: (*n).to_owned(),
+                        })
+                        .collect()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create {ns}/{name}: {e}"));
+}
+
+/// Every login in the Secret works at the fake registry right now.
+async fn assert_logins_valid(h: &Harness, doc: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    let auths = doc["auths"].as_object().cloned().unwrap_or_default();
+    assert!(!auths.is_empty(), "no logins in {doc}");
+    for (domain, login) in auths {
+        let user = login["username"].as_str().unwrap_or_default();
+        let pass = login["password"].as_str().unwrap_or_default();
+        let r = h.fake.registry_login(user, pass).await;
+        assert_eq!(r["valid"], json!(true), "{domain}: {r}");
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        assert_eq!(
+            login["auth"],
+            json!(auth),
+            "{domain}: auth = base64(username:password)"
+        );
+        out.push(r);
+    }
+    out
+}
+
+#[tokio::test]
+async fn selection_of_namespaces_and_service_accounts_follows_the_config() {
+    let h = Harness::new("sel", &default_config(), "cluster-admin").await;
+    let a = TestNamespace::create(&h.client, "sel-a").await;
+    let b = TestNamespace::create(&h.client, "sel-b").await;
+    for ns in [&a.name, &b.name] {
+        create_sa(&h.client, ns, "builder", &[]).await;
+        create_sa(&h.client, ns, "other", &[]).await;
+    }
+    let _c = h.start(&["--token-mode", "workerRole"]);
+
+    // A list of namespaces; service-account defaults to the SA named default.
+    let list = format!("{}, {}", a.name, b.name);
+    h.apply_config(&[
+        ("watch-namespace", list.as_str()),
+        ("acr-registry-info", ENTERPRISE),
+    ])
+    .await;
+    for ns in [&a.name, &b.name] {
+        h.wait_reference(ns, "default", true).await;
+        let doc = h.wait_secret(ns).await;
+        assert_eq!(domains(&doc), ENTERPRISE_DOMAINS);
+        assert_logins_valid(&h, &doc).await;
+        assert!(!h.has_reference(ns, "builder").await);
+    }
+
+    // A list of ServiceAccounts: builder gains the reference, default loses it.
+    h.apply_config(&[
+        ("watch-namespace", list.as_str()),
+        ("service-account", "builder"),
+        ("acr-registry-info", ENTERPRISE),
+    ])
+    .await;
+    h.wait_reference(&a.name, "builder", true).await;
+    h.wait_reference(&a.name, "default", false).await;
+    assert!(!h.has_reference(&a.name, "other").await);
+
+    // `*`: every ServiceAccount, including one created later.
+    h.apply_config(&[
+        ("watch-namespace", list.as_str()),
+        ("service-account", "*"),
+        ("acr-registry-info", ENTERPRISE),
+    ])
+    .await;
+    for sa in ["default", "builder", "other"] {
+        h.wait_reference(&b.name, sa, true).await;
+    }
+    create_sa(&h.client, &a.name, "late", &[]).await;
+    h.wait_reference(&a.name, "late", true).await;
+
+    // `all`: every namespace, including one created later.
+    h.apply_config(&[
+        ("watch-namespace", "ALL"),
+        ("acr-registry-info", ENTERPRISE),
+    ])
+    .await;
+    let c = TestNamespace::create(&h.client, "sel-late").await;
+    h.wait_reference(&c.name, "default", true).await;
+    h.wait_secret(&c.name).await;
+    h.wait_secret("default").await;
+
+    // The default: only the namespace named default.
+    h.apply_config(&[("acr-registry-info", ENTERPRISE)]).await;
+    h.wait_reference("default", "default", true).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the late namespace to be cleaned",
+        || async { !h.secret_exists(&c.name).await && !h.has_reference(&c.name, "default").await },
+    )
+    .await;
+    assert!(!h.has_reference(&a.name, "late").await);
+
+    // Leave nothing behind in the shared namespace.
+    let out = std::process::Command::new(BINARY)
+        .args(["--secret-name", &h.secret_name, "cleanup"])
+        .env("KUBECONFIG", &support::control_plane().kubeconfig)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn several_instances_personal_edition_and_another_region_in_one_secret() {
+    let h = Harness::new("multi", &default_config(), "cluster-admin").await;
+    let ns = TestNamespace::create(&h.client, "multi-ws").await;
+    let _c = h.start(&["--token-mode", "workerRole"]);
+    let info = format!(
+        "{ENTERPRISE}- instanceId: {OTHER_INSTANCE_ID}\n  regionId: {OTHER_REGION}\n- regionId: {OTHER_REGION}\n- instanceId: \"\"\n  domains: custom.example.com\n"
+    );
+    h.apply_config(&[
+        ("watch-namespace", ns.name.as_str()),
+        ("acr-registry-info", info.as_str()),
+    ])
+    .await;
+    let doc = h.wait_secret(&ns.name).await;
+    let mut want: Vec<String> = ENTERPRISE_DOMAINS.iter().map(|s| (*s).to_owned()).collect();
+    want.push("other-registry.ap-southeast-1.cr.aliyuncs.com".into());
+    want.extend(acr_helper::render::personal_domains(OTHER_REGION));
+    want.push("custom.example.com".into());
+    want.sort();
+    assert_eq!(domains(&doc), want);
+    let logins = assert_logins_valid(&h, &doc).await;
+    let instances: std::collections::BTreeSet<String> = logins
+        .iter()
+        .filter_map(|l| l["instance"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        instances.into_iter().collect::<Vec<_>>(),
+        vec![
+            INSTANCE_ID.to_owned(),
+            OTHER_INSTANCE_ID.to_owned(),
+            format!("personal/{OTHER_REGION}"),
+            format!("personal/{INSTANCE_REGION}"),
+        ]
+    );
+    // Each instance was asked at its own region's endpoint, once.
+    assert_eq!(
+        h.fake
+            .calls_in_region("GetAuthorizationToken", OTHER_REGION)
+            .await,
+        1
+    );
+    assert_eq!(
+        h.fake
+            .calls_in_region("GetAuthorizationToken", INSTANCE_REGION)
+            .await,
+        1
+    );
+    assert_eq!(
+        h.fake
+            .calls_in_region("GetPersonalAuthorizationToken", OTHER_REGION)
+            .await,
+        1
+    );
+    // The disabled endpoint's domain is not there.
+    assert!(!domains(&doc).contains(&"disabled.example.com".to_owned()));
+    let secret = h
+        .secrets(&ns.name)
+        .get(&h.secret_name)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        secret.type_.as_deref(),
+        Some("kubernetes.io/dockerconfigjson")
+    );
+    let labels = secret.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("aliyun-acr-credential-helper")
+    );
+    let ann = secret.metadata.annotations.unwrap_or_default();
+    assert!(
+        ann.contains_key("aliyun-acr-credential-helper/expires-at"),
+        "{ann:?}"
+    );
+    assert_eq!(
+        ann.get("aliyun-acr-credential-helper/instances")
+            .map(String::as_str),
+        Some(
+            "cri-fakeinstance0001,cri-fakeinstance0002,personal/ap-southeast-1,personal/cn-hangzhou"
+        )
+    );
+}
+
+/// One namespace served with `info` under `mode`; returns the login the Secret holds.
+async fn serve_one(h: &Harness, extra: &[&str], data: &[(&str, &str)]) -> (TestNamespace, Value) {
+    let ns = TestNamespace::create(&h.client, "cred").await;
+    let mut data: Vec<(&str, &str)> = data.to_vec();
+    data.push(("watch-namespace", ns.name.as_str()));
+    let c = h.start(extra);
+    h.apply_config(&data).await;
+    let doc = h.wait_secret(&ns.name).await;
+    h.wait_reference(&ns.name, "default", true).await;
+    let logins = assert_logins_valid(h, &doc).await;
+    drop(c);
+    (ns, logins.into_iter().next().unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn custom_access_key_and_assume_role_on_it() {
+    let h = Harness::new("ak", &default_config(), "cluster-admin").await;
+    let info = format!(
+        "- instanceId: {INSTANCE_ID}\n  customAccessKey: {ACCESS_KEY_ID}\n  customAccessKeySecret: {ACCESS_KEY_SECRET}\n"
+    );
+    let (_ns, login) = serve_one(
+        &h,
+        &["--token-mode", "workerRole"],
+        &[("acr-registry-info", info.as_str())],
+    )
+    .await;
+    assert_eq!(login["principal"], "user/ci");
+    assert_eq!(
+        h.fake.calls("MetadataCredentials").await,
+        0,
+        "a custom AccessKey needs no base identity"
+    );
+
+    let info = format!("{info}  assumeRoleARN: {ROLE_ARN}\n  expireDuration: 900\n");
+    let (_ns, login) = serve_one(
+        &h,
+        &["--token-mode", "workerRole"],
+        &[("acr-registry-info", info.as_str())],
+    )
+    .await;
+    assert!(
+        login["principal"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(ROLE_ARN),
+        "{login}"
+    );
+    assert_eq!(h.fake.calls("MetadataCredentials").await, 0);
+}
+
+#[tokio::test]
+async fn worker_role_hardened_and_plain_fallback_and_assume_role_on_it() {
+    let mut cfg = default_config();
+    cfg["metadata"]["require_token"] = json!(true);
+    let h = Harness::new("worker", &cfg, "cluster-admin").await;
+    let (_ns, login) = serve_one(
+        &h,
+        &["--token-mode", "workerRole"],
+        &[("acr-registry-info", ENTERPRISE)],
+    )
+    .await;
+    assert_eq!(login["principal"], format!("worker-role/{WORKER_ROLE}"));
+    assert!(h.fake.calls("MetadataToken").await >= 1, "hardened mode");
+
+    // A metadata service without hardened mode: the plain fallback.
+    h.fake
+        .configure(json!({"metadata": {"role": WORKER_ROLE, "region": INSTANCE_REGION, "hardened_supported": false, "require_token": false}}))
+        .await;
+    let before = h.fake.calls("MetadataCredentials").await;
+    let info = format!("{ENTERPRISE}  assumeRoleARN: {ROLE_ARN}\n");
+    let (_ns, login) = serve_one(
+        &h,
+        &["--token-mode", "workerRole"],
+        &[("acr-registry-info", info.as_str())],
+    )
+    .await;
+    assert!(
+        login["principal"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(ROLE_ARN),
+        "{login}"
+    );
+    assert_eq!(h.fake.calls("MetadataCredentials").await, before + 1);
+}
+
+fn addon_secret(creds: &Value) -> Secret {
+    let keyring = "0123456789abcdef";
+    let iv: [u8; 16] = rand::random();
+    let enc = |field: &str| {
+        addon_token::encrypt_field(
+            keyring.as_bytes(),
+            &iv,
+            creds[field].as_str().unwrap_or_default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let config = json!({
+        "access.key.id": enc("AccessKeyId"),
+        "access.key.secret": enc("AccessKeySecret"),
+        "security.token": enc("SecurityToken"),
+        "expiration": creds["Expiration"],
+        "keyring": keyring,
+    });
+    Secret {
+        metadata: ObjectMeta {
+            name: Some("addon.aliyuncsmanagedacrrole.token".into()),
+            ..Default::default()
+        },
+        string_data: Some([(addon_token::CONFIG_KEY.to_owned(), config.to_string())].into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn managed_role_follows_the_rotated_addon_token_and_auto_picks_it() {
+    let h = Harness::new("managed", &default_config(), "cluster-admin").await;
+    let secrets = h.secrets(&h.config_ns.name);
+    // Short-lived credentials, so the controller re-reads the Secret soon.
+    let first = h.fake.mint_sts("managed-role-1", 20).await;
+    secrets
+        .create(&PostParams::default(), &addon_secret(&first))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addon = format!("{}/addon.aliyuncsmanagedacrrole.token", h.config_ns.name);
+    let ns = TestNamespace::create(&h.client, "managed-ws").await;
+    // `auto` on a cluster created today resolves to managedRole.
+    let _c = h.start(&["--token-mode", "auto", "--addon-token-secret", &addon]);
+    h.apply_config(&[
+        ("watch-namespace", ns.name.as_str()),
+        ("acr-registry-info", ENTERPRISE),
+        ("expiring-threshold", "15s"),
+    ])
+    .await;
+    let doc = h.wait_secret(&ns.name).await;
+    let logins = assert_logins_valid(&h, &doc).await;
+    assert_eq!(logins[0]["principal"], "managed-role-1");
+    assert_eq!(h.fake.calls("MetadataCredentials").await, 0);
+
+    // ACK rotates the token Secret; the next refresh uses the new credentials.
+    let second = h.fake.mint_sts("managed-role-2", 3600).await;
+    secrets
+        .replace(
+            "addon.aliyuncsmanagedacrrole.token",
+            &PostParams::default(),
+            &addon_secret(&second),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_until(
+        Duration::from_secs(40),
+        "a password obtained with the rotated credentials",
+        || async {
+            let Ok(s) = h.secrets(&ns.name).get(&h.secret_name).await else {
+                return false;
+            };
+            let doc = support::harness::dockerconfig(&s);
+            let Some((_, login)) = doc["auths"]
+                .as_object()
+                .and_then(|m| m.iter().next().map(|(k, v)| (k.clone(), v.clone())))
+            else {
+                return false;
+            };
+            let r = h
+                .fake
+                .registry_login(
+                    login["username"].as_str().unwrap_or_default(),
+                    login["password"].as_str().unwrap_or_default(),
+                )
+                .await;
+            r["valid"] == json!(true) && r["principal"] == "managed-role-2"
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn rrsa_with_a_projected_token_and_assume_role_on_it() {
+    let cp = support::control_plane();
+    let issuer = cp
+        .config()
+        .await
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_owned();
+    let mut cfg = default_config();
+    cfg["oidc_providers"] = json!({
+        OIDC_PROVIDER_ARN: {
+            "issuer": issuer,
+            "jwks_url": format!("{issuer}/openid/v1/jwks"),
+            "ca_file": cp.dir.as_ref().map(|d| d.join("pki/ca.crt")),
+            "audience": "sts.aliyuncs.com"
+        }
+    });
+    // The role trusts the helper's ServiceAccount; the harness's namespace is only known once it
+    // exists, so trust is set right after.
+    let h = Harness::new("rrsa", &cfg, "cluster-admin").await;
+    let subject = format!(
+        "system:serviceaccount:{}:aliyun-acr-credential-helper",
+        h.config_ns.name
+    );
+    let mut roles = default_config()["roles"].clone();
+    roles[RRSA_ROLE_ARN]["oidc_trust"]["subjects"] = json!([subject]);
+    h.fake.configure(json!({"roles": roles})).await;
+
+    // The projected token the chart mounts: audience sts.aliyuncs.com.
+    let token = h
+        .service_accounts(&h.config_ns.name)
+        .create_token_request(
+            "aliyun-acr-credential-helper",
+            &PostParams::default(),
+            &TokenRequest {
+                spec: Some(TokenRequestSpec {
+                    audiences: Some(vec!["sts.aliyuncs.com".into()]),
+                    expiration_seconds: Some(3600),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .status
+        .and_then(|s| s.token)
+        .unwrap_or_else(|| panic!("no token"));
+    let token_file = std::env::temp_dir().join(format!("rrsa-token-{}", h.config_ns.name));
+    std::fs::write(&token_file, token).unwrap_or_else(|e| panic!("{e}"));
+    let token_path = token_file.display().to_string();
+
+    let info = format!(
+        "{ENTERPRISE}  rrsaRoleARN: {RRSA_ROLE_ARN}\n  rrsaOIDCProviderRoleARN: {OIDC_PROVIDER_ARN}\n"
+    );
+    let args = [
+        "--token-mode",
+        "workerRole",
+        "--oidc-token-file",
+        token_path.as_str(),
+    ];
+    let (_ns, login) = serve_one(
+        &h,
+        &args,
+        &[
+            ("acr-registry-info", info.as_str()),
+            ("rrsa", "enable: true"),
+        ],
+    )
+    .await;
+    assert!(
+        login["principal"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(RRSA_ROLE_ARN),
+        "{login}"
+    );
+    assert_eq!(h.fake.calls("MetadataCredentials").await, 0);
+
+    let chained = format!("{info}  assumeRoleARN: {ROLE_ARN}\n");
+    let (_ns, login) = serve_one(
+        &h,
+        &args,
+        &[
+            ("acr-registry-info", chained.as_str()),
+            ("rrsa", "enable: true"),
+        ],
+    )
+    .await;
+    assert!(
+        login["principal"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(ROLE_ARN),
+        "{login}"
+    );
+    assert!(h.fake.calls("AssumeRoleWithOIDC").await >= 2);
+    let _ = std::fs::remove_file(&token_file);
+}
+
+#[tokio::test]
+async fn refresh_rewrites_before_expiry_and_nothing_is_written_when_nothing_changes() {
+    let mut cfg = default_config();
+    cfg["lifetimes"] = json!({"registry_seconds": 20});
+    let h = Harness::new("refresh", &cfg, "cluster-admin").await;
+    let ns = TestNamespace::create(&h.client, "refresh-ws").await;
+    let _c = h.start(&["--token-mode", "workerRole"]);
+    h.apply_config(&[
+        ("watch-namespace", ns.name.as_str()),
+        ("acr-registry-info", ENTERPRISE),
+        ("expiring-threshold", "15s"),
+    ])
+    .await;
+    h.wait_secret(&ns.name).await;
+    // Several refresh cycles. The password the Secret holds is checked every 250 ms and must
+    // always work: a refresh that came late would leave an expired one there.
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while seen.len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} passwords in 90 s",
+            seen.len()
+        );
+        let s = h
+            .secrets(&ns.name)
+            .get(&h.secret_name)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let doc = support::harness::dockerconfig(&s);
+        let login = &doc["auths"][ENTERPRISE_DOMAINS[0]];
+        let user = login["username"].as_str().unwrap_or_default().to_owned();
+        let pass = login["password"].as_str().unwrap_or_default().to_owned();
+        let r = h.fake.registry_login(&user, &pass).await;
+        assert_eq!(
+            r["valid"],
+            json!(true),
+            "the Secret held an unusable password: {r}"
+        );
+        seen.insert(pass);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Now long-lived tokens: after the next refresh nothing changes, so nothing is written.
+    h.fake.configure(json!({"lifetimes": {}})).await;
+    wait_until(Duration::from_secs(40), "a long-lived password", || async {
+        let s = h.secrets(&ns.name).get(&h.secret_name).await.ok();
+        s.and_then(|s| s.metadata.annotations)
+            .and_then(|a| a.get("aliyun-acr-credential-helper/expires-at").cloned())
+            .and_then(|e| e.parse::<jiff::Timestamp>().ok())
+            .is_some_and(|e| e.duration_since(jiff::Timestamp::now()).as_secs() > 600)
+    })
+    .await;
+    let before = h.audited_writes().len();
+    // Trigger reconciles without a change: touch an unrelated label on the namespace and the SA.
+    let patch = json!({"metadata": {"labels": {"touched": "yes"}}});
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(h.client.clone())
+        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    h.service_accounts(&ns.name)
+        .patch("default", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Give the controller time to react (it would write within this window if it were to).
+    let observe_until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < observe_until {
+        assert_eq!(
+            h.audited_writes().len(),
+            before,
+            "the controller wrote although nothing changed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn foreign_image_pull_secrets_survive_including_a_concurrent_writer() {
+    let h = Harness::new("foreign", &default_config(), "cluster-admin").await;
+    let ns = TestNamespace::create(&h.client, "foreign-ws").await;
+    create_sa(&h.client, &ns.name, "app", &["first", "second"]).await;
+    let _c = h.start(&["--token-mode", "workerRole"]);
+    h.apply_config(&[
+        ("watch-namespace", ns.name.as_str()),
+        ("service-account", "app"),
+        ("acr-registry-info", ENTERPRISE),
+    ])
+    .await;
+    h.wait_reference(&ns.name, "app", true).await;
+    assert_eq!(
+        h.pull_secrets(&ns.name, "app").await,
+        Some(vec!["first".into(), "second".into(), h.secret_name.clone()])
+    );
+
+    // Another client keeps adding entries while the controller removes and re-adds its own.
+    let sas = h.service_accounts(&ns.name);
+    let writer = {
+        let sas = sas.clone();
+        tokio::spawn(async move {
+            for i in 0..30 {
+                loop {
+                    let Ok(sa) = sas.get("app").await else { break };
+                    let mut refs = sa.image_pull_secrets.clone().unwrap_or_default();
+                    refs.push(LocalObjectReference {
+                        name: format!("extra-{i}"),
+                    });
+                    let patch = json!({"metadata": {"resourceVersion": sa.metadata.resource_version}, "imagePullSecrets": refs});
+                    match sas
+                        .patch("app", &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        })
+    };
+    for round in 0..3 {
+        let sa_list = if round % 2 == 0 { "default" } else { "app" };
+        h.apply_config(&[
+            ("watch-namespace", ns.name.as_str()),
+            ("service-account", sa_list),
+            ("acr-registry-info", ENTERPRISE),
+        ])
+        .await;
+        h.wait_reference(&ns.name, "app", round % 2 == 1).await;
+    }
+    writer.await.unwrap_or_else(|e| panic!("{e}"));
+    // The last round selected `default`: app must not carry ours, and keeps every foreign entry.
+    h.wait_reference(&ns.name, "default", true).await;
+    h.wait_reference(&ns.name, "app", false).await;
+    let refs = h.pull_secrets(&ns.name, "app").await.unwrap_or_default();
+    let foreign: Vec<&String> = refs.iter().filter(|r| **r != h.secret_name).collect();
+    let mut want = vec!["first".to_owned(), "second".to_owned()];
+    want.extend((0..30).map(|i| format!("extra-{i}")));
+    assert_eq!(
+        foreign,
+        want.iter().collect::<Vec<_>>(),
+        "foreign entries lost or reordered"
+    );
+}
+
+#[tokio::test]
+async fn narrowing_cleanup_and_deleting_the_config() {
+    let h = Harness::new("narrow", &default_config(), "cluster-admin").await;
+    let a = TestNamespace::create(&h.client, "narrow-a").await;
+    let b = TestNamespace::create(&h.client, "narrow-b").await;
+    create_sa(&h.client, &a.name, "app", &["mine"]).await;
+    // A Secret of someone else's with our label's neighbour name must stay.
+    let c = h.start(&["--token-mode", "workerRole"]);
+    let list = format!("{},{}", a.name, b.name);
+    h.apply_config(&[
+        ("watch-namespace", list.as_str()),
+        ("service-account", "default,app"),
+        ("acr-registry-info", ENTERPRISE),
+    ])
+    .await;
+    h.wait_reference(&a.name, "app", true).await;
+    h.wait_reference(&b.name, "default", true).await;
+
+    // Narrow the namespaces: b loses our Secret and reference.
+    h.apply_config(&[
+        ("watch-namespace", a.name.as_str()),
+        ("service-account", "default,app"),
+        ("acr-registry-info", ENTERPRISE),
+    ])
+    .await;
+    wait_until(Duration::from_secs(30), "b cleaned", || async {
+        !h.secret_exists(&b.name).await && !h.has_reference(&b.name, "default").await
+    })
+    .await;
+    // Narrow the ServiceAccounts: app loses our reference, keeps its own.
+    h.apply_config(&[
+        ("watch-namespace", a.name.as_str()),
+        ("acr-registry-info", ENTERPRISE),
+    ])
+    .await;
+    h.wait_reference(&a.name, "app", false).await;
+    assert_eq!(
+        h.pull_secrets(&a.name, "app").await,
+        Some(vec!["mine".into()])
+    );
+    assert!(h.has_reference(&a.name, "default").await);
+
+    // Deleting the ConfigMap: nothing more is written; what exists stays (README).
+    h.delete_config().await;
+    wait_until(Duration::from_secs(10), "config_present 0", || async {
+        c.metric("acr_helper_config_present").await == Some(0.0)
+    })
+    .await;
+    let writes = h.audited_writes().len();
+    let late = TestNamespace::create(&h.client, "narrow-late").await;
+    create_sa(&h.client, &a.name, "after-delete", &[]).await;
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(h.audited_writes().len(), writes);
+    assert!(h.secret_exists(&a.name).await && h.has_reference(&a.name, "default").await);
+    assert!(!h.secret_exists(&late.name).await);
+    drop(c);
+
+    // cleanup removes everything of ours and nothing else.
+    let out = std::process::Command::new(BINARY)
+        .args(["--secret-name", &h.secret_name, "cleanup"])
+        .env("KUBECONFIG", &support::control_plane().kubeconfig)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!h.secret_exists(&a.name).await);
+    assert!(!h.has_reference(&a.name, "default").await);
+    let labeled = Api::<Secret>::all(h.client.clone())
+        .list(
+            &kube::api::ListParams::default()
+                .labels("app.kubernetes.io/managed-by=aliyun-acr-credential-helper"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        labeled
+            .items
+            .iter()
+            .all(|s| s.metadata.name.as_deref() != Some(h.secret_name.as_str()))
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_edit_keeps_the_previous_config_and_is_reported() {
+    let h = Harness::new("malformed", &default_config(), "cluster-admin").await;
+    let ns = TestNamespace::create(&h.client, "malformed-ws").await;
+    let c = h.start(&["--token-mode", "workerRole"]);
+    h.apply_config(&[
+        ("watch-namespace", ns.name.as_str()),
+        ("acr-registry-info", ENTERPRISE),
+    ])
+    .await;
+    h.wait_reference(&ns.name, "default", true).await;
+
+    let bad = "- instanceId: cri-fakeinstance0001\n  assumeRoleARN: not-an-arn\n";
+    h.apply_config(&[
+        ("watch-namespace", ns.name.as_str()),
+        ("acr-registry-info", bad),
+    ])
+    .await;
+    wait_until(Duration::from_secs(20), "the Warning Event", || async {
+        h.config_warnings()
+            .await
+            .iter()
+            .any(|n| n.contains("acr-registry-info[0].assumeRoleARN"))
+    })
+    .await;
+    assert_eq!(c.metric("acr_helper_config_valid").await, Some(0.0));
+    // The previous configuration is still in force: take our reference away by hand, and the
+    // controller puts it back.
+    let patch = json!({"imagePullSecrets": null});
+    h.service_accounts(&ns.name)
+        .patch("default", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    h.wait_reference(&ns.name, "default", true).await;
+    assert!(h.secret_exists(&ns.name).await);
+    create_sa(&h.client, &ns.name, "default2", &[]).await;
+
+    // check-config says the same.
+    let note = h
+        .config_warnings()
+        .await
+        .into_iter()
+        .find(|n| n.contains("assumeRoleARN"))
+        .unwrap_or_default();
+    let file = std::env::temp_dir().join(format!("{}-cm.yaml", ns.name));
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: acr-configuration\ndata:\n  watch-namespace: {}\n  acr-registry-info: |\n    - instanceId: cri-fakeinstance0001\n      assumeRoleARN: not-an-arn\n",
+            ns.name
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new(BINARY)
+        .args(["--region", "cn-hangzhou", "check-config"])
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("error: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        note.contains(line),
+        "Event {note:?} and check-config {line:?} differ"
+    );
+
+    // Fixing the edit applies it.
+    h.apply_config(&[
+        ("watch-namespace", ns.name.as_str()),
+        ("service-account", "*"),
+        ("acr-registry-info", ENTERPRISE),
+    ])
+    .await;
+    h.wait_reference(&ns.name, "default2", true).await;
+    assert_eq!(c.metric("acr_helper_config_valid").await, Some(1.0));
+}
+
+#[tokio::test]
+async fn a_cloud_failure_keeps_the_valid_secret_and_recovers() {
+    let mut cfg = default_config();
+    cfg["lifetimes"] = json!({"registry_seconds": 30});
+    let h = Harness::new("outage", &cfg, "cluster-admin").await;
+    let ns = TestNamespace::create(&h.client, "outage-ws").await;
+    let c = h.start(&["--token-mode", "workerRole"]);
+    h.apply_config(&[
+        ("watch-namespace", ns.name.as_str()),
+        ("acr-registry-info", ENTERPRISE),
+        ("expiring-threshold", "20s"),
+    ])
+    .await;
+    let doc = h.wait_secret(&ns.name).await;
+    let first = doc["auths"][ENTERPRISE_DOMAINS[0]]["password"].clone();
+    // The cloud fails from now on.
+    h.fake
+        .fault(
+            "GetAuthorizationToken",
+            json!({"kind": "http500", "count": -1}),
+        )
+        .await;
+    wait_until(
+        Duration::from_secs(40),
+        "the failure in a metric",
+        || async {
+            c.metrics()
+                .await
+                .contains("acr_helper_reconcile_errors_total{category=\"cloud_unavailable\"}")
+        },
+    )
+    .await;
+    // The still-valid Secret is kept as it was.
+    let kept = h.wait_secret(&ns.name).await;
+    assert_eq!(kept["auths"][ENTERPRISE_DOMAINS[0]]["password"], first);
+    wait_until(
+        Duration::from_secs(20),
+        "a Warning Event on the namespace",
+        || async {
+            let events = Api::<k8s_openapi::api::events::v1::Event>::all(h.client.clone())
+                .list(&kube::api::ListParams::default().fields("type=Warning"))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            events.iter().any(|e| {
+                e.reason.as_deref() == Some("CredentialsUnavailable")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                        == Some(ns.name.as_str())
+            })
+        },
+    )
+    .await;
+    // The cloud recovers; the controller retries with backoff and writes a fresh password.
+    h.fake.configure(json!({"lifetimes": {}})).await;
+    reqwest::Client::new()
+        .put(format!("{}/_fake/faults", h.fake.url))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_until(
+        Duration::from_secs(60),
+        "a fresh password after recovery",
+        || async {
+            let doc = h.wait_secret(&ns.name).await;
+            doc["auths"][ENTERPRISE_DOMAINS[0]]["password"] != first
+        },
+    )
+    .await;
+    assert_logins_valid(&h, &h.wait_secret(&ns.name).await).await;
+}
+
+#[tokio::test]
+async fn only_the_leader_writes_and_a_standby_takes_over() {
+    let h = Harness::new("leader", &default_config(), "cluster-admin").await;
+    let ns = TestNamespace::create(&h.client, "leader-ws").await;
+    h.apply_config(&[
+        ("watch-namespace", &format!("{},{}-b", ns.name, ns.name)),
+        ("acr-registry-info", ENTERPRISE),
+    ])
+    .await;
+    let mut one = h.start(&["--token-mode", "workerRole"]);
+    let mut two = h.start(&["--token-mode", "workerRole"]);
+    h.wait_reference(&ns.name, "default", true).await;
+    wait_until(Duration::from_secs(20), "exactly one leader", || async {
+        let a = one.metric("acr_helper_leader").await;
+        let b = two.metric("acr_helper_leader").await;
+        matches!((a, b), (Some(x), Some(y)) if x + y == 1.0)
+    })
+    .await;
+    let one_leads = one.metric("acr_helper_leader").await == Some(1.0);
+    let (leader, standby) = if one_leads {
+        (&mut one, &mut two)
+    } else {
+        (&mut two, &mut one)
+    };
+    // The standby wrote nothing: no cloud call, no write.
+    assert!(
+        !standby
+            .metrics()
+            .await
+            .contains("acr_helper_api_writes_total")
+    );
+    assert!(
+        !standby
+            .metrics()
+            .await
+            .contains("acr_helper_cloud_calls_total")
+    );
+
+    leader.kill();
+    let killed = std::time::Instant::now();
+    wait_until(Duration::from_secs(15), "the standby to lead", || async {
+        standby.metric("acr_helper_leader").await == Some(1.0)
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!("takeover after {took:?} (lease 4 s)");
+    // And it does the job: a namespace that appears now is served.
+    let b = format!("{}-b", ns.name);
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(h.client.clone())
+        .create(
+            &PostParams::default(),
+            &k8s_openapi::api::core::v1::Namespace {
+                metadata: ObjectMeta {
+                    name: Some(b.clone()),
+                    labels: Some([(support::TEST_LABEL.to_owned(), "true".to_owned())].into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    h.wait_secret(&b).await;
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(h.client.clone())
+        .delete(&b, &Default::default())
+        .await;
+}

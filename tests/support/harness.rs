@@ -1,0 +1,436 @@
+//! End-to-end harness: a fake cloud, a configuration namespace of the test's own, and the real
+//! controller binary running against the local API server with an identity of its own (so the
+//! audit log tells its requests apart), isolated from other tests by its own ConfigMap namespace,
+//! Lease and Secret name.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::Value;
+
+use super::fake_cloud::FakeCloud;
+use super::{TestNamespace, control_plane, wait_until};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_aliyun-acr-credential-helper");
+
+pub struct Harness {
+    pub client: Client,
+    pub fake: FakeCloud,
+    /// Holds the ConfigMap, the Lease and the controller's ServiceAccount.
+    pub config_ns: TestNamespace,
+    pub secret_name: String,
+    pub identity: String,
+    kubeconfig: PathBuf,
+    binding: String,
+    dir: PathBuf,
+}
+
+/// A running controller process, killed when dropped.
+pub struct ControllerProcess {
+    child: Child,
+    pub metrics_url: String,
+    pub log: PathBuf,
+}
+
+impl ControllerProcess {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The controller's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> String {
+        match reqwest::get(format!("{}/metrics", self.metrics_url)).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// The value of one metric line (exact name with labels), if present.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- controller log (last lines) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("free port: {e}"))
+}
+
+impl Harness {
+    /// A fake cloud with `fake_config`, a configuration namespace, and an identity for the
+    /// controller bound to `cluster_role`.
+    pub async fn new(prefix: &str, fake_config: &Value, cluster_role: &str) -> Harness {
+        let cp = control_plane();
+        let client = cp.client().await;
+        let config_ns = TestNamespace::create(&client, prefix).await;
+        let fake = FakeCloud::start(fake_config);
+        let sas = Api::<ServiceAccount>::namespaced(client.clone(), &config_ns.name);
+        sas.create(
+            &PostParams::default(),
+            &ServiceAccount {
+                metadata: ObjectMeta {
+                    name: Some("aliyun-acr-credential-helper".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let binding = format!("acr-helper-test-{}", config_ns.name);
+        Api::<ClusterRoleBinding>::all(client.clone())
+            .create(
+                &PostParams::default(),
+                &ClusterRoleBinding {
+                    metadata: ObjectMeta {
+                        name: Some(binding.clone()),
+                        ..Default::default()
+                    },
+                    role_ref: RoleRef {
+                        api_group: Some("rbac.authorization.k8s.io".into()),
+                        kind: "ClusterRole".into(),
+                        name: cluster_role.into(),
+                    },
+                    subjects: Some(vec![Subject {
+                        kind: "ServiceAccount".into(),
+                        name: "aliyun-acr-credential-helper".into(),
+                        namespace: Some(config_ns.name.clone()),
+                        ..Default::default()
+                    }]),
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let token = sas
+            .create_token_request(
+                "aliyun-acr-credential-helper",
+                &PostParams::default(),
+                &TokenRequest {
+                    spec: Some(TokenRequestSpec {
+                        expiration_seconds: Some(3 * 3600),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .status
+            .and_then(|s| s.token)
+            .unwrap_or_else(|| panic!("no token"));
+        let dir = std::env::temp_dir().join(format!("acr-helper-e2e-{}", config_ns.name));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = cp.config().await;
+        let ca = cp
+            .dir
+            .as_ref()
+            .map(|d| d.join("pki/ca.crt"))
+            .unwrap_or_else(|| panic!("needs our control plane"));
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: helper\n  user:\n    token: {token}\ncontexts:\n- name: local\n  context:\n    cluster: local\n    user: helper\ncurrent-context: local\n",
+                cfg.cluster_url.to_string().trim_end_matches('/'),
+                ca.display()
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        Harness {
+            client,
+            fake,
+            secret_name: format!("acr-{}", config_ns.name),
+            identity: format!(
+                "system:serviceaccount:{}:aliyun-acr-credential-helper",
+                config_ns.name
+            ),
+            config_ns,
+            kubeconfig,
+            binding,
+            dir,
+        }
+    }
+
+    /// Arguments that point the controller at this harness.
+    pub fn base_args(&self) -> Vec<String> {
+        let f = &self.fake.url;
+        [
+            "--config-namespace",
+            &self.config_ns.name,
+            "--secret-name",
+            &self.secret_name,
+            "--lease-duration",
+            "4s",
+            "--lease-grace",
+            "2s",
+            "--sts-endpoint",
+            f,
+            "--cr-endpoint",
+            &self.fake.cr_template(),
+            "--metadata-endpoint",
+            f,
+            "--region",
+            "cn-hangzhou",
+            "--log-format",
+            "plain",
+            "--log-level",
+            "info,kube=warn",
+            "--cloud-request-timeout",
+            "2s",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    }
+
+    /// Starts the controller with the base arguments and `extra`.
+    pub fn start(&self, extra: &[&str]) -> ControllerProcess {
+        let port = free_port();
+        let log = self.dir.join(format!("controller-{port}.log"));
+        let out = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
+        let err = out.try_clone().unwrap_or_else(|e| panic!("{e}"));
+        let mut args = self.base_args();
+        args.extend(["--metrics-addr".to_owned(), format!("127.0.0.1:{port}")]);
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let child = Command::new(BINARY)
+            .args(&args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env_remove("POD_NAME")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start the controller: {e}"));
+        ControllerProcess {
+            child,
+            metrics_url: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    /// Creates or replaces the ConfigMap with `data`.
+    pub async fn apply_config(&self, data: &[(&str, &str)]) {
+        let data: BTreeMap<String, String> = data
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let cm = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "acr-configuration"},
+            "data": data,
+        });
+        Api::<ConfigMap>::namespaced(self.client.clone(), &self.config_ns.name)
+            .patch(
+                "acr-configuration",
+                &PatchParams::apply("e2e-test").force(),
+                &Patch::Apply(&cm),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("apply ConfigMap: {e}"));
+    }
+
+    pub async fn delete_config(&self) {
+        Api::<ConfigMap>::namespaced(self.client.clone(), &self.config_ns.name)
+            .delete("acr-configuration", &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("delete ConfigMap: {e}"));
+    }
+
+    pub fn secrets(&self, ns: &str) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    pub fn service_accounts(&self, ns: &str) -> Api<ServiceAccount> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    /// The names in a ServiceAccount's imagePullSecrets, or None if it does not exist.
+    pub async fn pull_secrets(&self, ns: &str, sa: &str) -> Option<Vec<String>> {
+        self.service_accounts(ns)
+            .get_opt(sa)
+            .await
+            .ok()
+            .flatten()
+            .map(|sa| {
+                sa.image_pull_secrets
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|r| r.name)
+                    .collect()
+            })
+    }
+
+    pub async fn has_reference(&self, ns: &str, sa: &str) -> bool {
+        self.pull_secrets(ns, sa)
+            .await
+            .is_some_and(|r| r.contains(&self.secret_name))
+    }
+
+    /// Waits until `ns/sa` carries (or, with `want` false, lacks) our reference.
+    pub async fn wait_reference(&self, ns: &str, sa: &str, want: bool) {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{ns}/{sa} reference = {want}"),
+            || async move { self.has_reference(ns, sa).await == want },
+        )
+        .await;
+    }
+
+    /// Waits for our Secret in `ns` and returns its parsed `.dockerconfigjson`.
+    pub async fn wait_secret(&self, ns: &str) -> Value {
+        let api = self.secrets(ns);
+        let mut found = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while found.is_none() {
+            if let Ok(Some(s)) = api.get_opt(&self.secret_name).await {
+                found = Some(s);
+                break;
+            }
+            assert!(Instant::now() < deadline, "no Secret in {ns} after 30s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        dockerconfig(found.as_ref().unwrap_or_else(|| unreachable!()))
+    }
+
+    pub async fn secret_exists(&self, ns: &str) -> bool {
+        self.secrets(ns)
+            .get_opt(&self.secret_name)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    }
+
+    /// Write requests (create, update, patch, delete) the controller's identity made, from the
+    /// API server's audit log.
+    pub fn audited_writes(&self) -> Vec<Value> {
+        let path = control_plane()
+            .audit_log
+            .clone()
+            .unwrap_or_else(|| panic!("needs the audit log of our control plane"));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["user"]["username"] == self.identity.as_str())
+            .filter(|e| {
+                matches!(
+                    e["verb"].as_str(),
+                    Some("create" | "update" | "patch" | "delete" | "deletecollection")
+                )
+            })
+            // Events and the Lease are bookkeeping, not the controller's product.
+            .filter(|e| {
+                !matches!(
+                    e["objectRef"]["resource"].as_str(),
+                    Some("events" | "leases")
+                )
+            })
+            .collect()
+    }
+
+    /// Warning Events recorded on the ConfigMap.
+    pub async fn config_warnings(&self) -> Vec<String> {
+        let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(
+            self.client.clone(),
+            &self.config_ns.name,
+        )
+        .list(&Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        events
+            .items
+            .into_iter()
+            .filter(|e| e.type_.as_deref() == Some("Warning"))
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("ConfigMap"))
+            .filter_map(|e| e.note)
+            .collect()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let binding = self.binding.clone();
+        let kubeconfig = control_plane().kubeconfig.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(kc) = kube::config::Kubeconfig::read_from(&kubeconfig) else {
+                    return;
+                };
+                let Ok(cfg) = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await
+                else {
+                    return;
+                };
+                let Ok(client) = Client::try_from(cfg) else {
+                    return;
+                };
+                let _ = Api::<ClusterRoleBinding>::all(client)
+                    .delete(&binding, &DeleteParams::default())
+                    .await;
+            });
+        })
+        .join();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The parsed `.dockerconfigjson` of a Secret.
+pub fn dockerconfig(s: &Secret) -> Value {
+    s.data
+        .as_ref()
+        .and_then(|d| d.get(".dockerconfigjson"))
+        .and_then(|b| serde_json::from_slice(&b.0).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// The sorted registry domains of a `.dockerconfigjson`.
+pub fn domains(doc: &Value) -> Vec<String> {
+    doc["auths"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
