@@ -61,10 +61,17 @@ pub async fn main(args: Args) -> Result<i32, AppError> {
     }
 }
 
+/// The user agent of every request to the API server (it shows in audit logs).
+pub const USER_AGENT: &str = concat!("aliyun-acr-credential-helper/", env!("CARGO_PKG_VERSION"));
+
 async fn kube_client() -> Result<Client, AppError> {
-    let config = kube::Config::infer()
+    let mut config = kube::Config::infer()
         .await
         .map_err(|e| AppError::KubeConfig(e.to_string()))?;
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(USER_AGENT),
+    ));
     Client::try_from(config).map_err(AppError::Kube)
 }
 

@@ -90,6 +90,10 @@ pub struct Context {
     secrets: Store<Secret>,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
+    /// ServiceAccounts we patched, with the resourceVersion the patch replaced: while the watch
+    /// cache still shows that version it is stale, and the SA is left alone until it catches up
+    /// (its watch event reconciles the namespace again).
+    patched_from: Mutex<HashMap<(String, String), String>>,
     /// Set once credentials were obtained for a complete configuration.
     credentials_ok: AtomicBool,
 }
@@ -226,18 +230,40 @@ impl Context {
             .collect()
     }
 
+    /// Adds or removes our reference on a cached ServiceAccount, unless the cache is known stale.
+    async fn reference(&self, sa: &ServiceAccount, want: bool) -> Result<(), Error> {
+        let key = (sa.namespace().unwrap_or_default(), sa.name_any());
+        let rv = sa.resource_version().unwrap_or_default();
+        {
+            let mut patched = self
+                .patched_from
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match patched.get(&key) {
+                Some(from) if *from == rv => return Ok(()),
+                Some(_) => {
+                    patched.remove(&key);
+                }
+                None => {}
+            }
+        }
+        let api = Api::<ServiceAccount>::namespaced(self.client.clone(), &key.0);
+        let wrote =
+            writes::ensure_reference(&api, sa, &self.settings.secret_name, want, &self.metrics)
+                .await?;
+        if let Some(from) = wrote {
+            self.patched_from
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(key, from);
+        }
+        Ok(())
+    }
+
     /// Removes our references and our Secret from a namespace.
     async fn clean_namespace(&self, ns: &str) -> Result<(), Error> {
-        let sa_api = Api::<ServiceAccount>::namespaced(self.client.clone(), ns);
         for sa in self.service_accounts_in(ns) {
-            writes::ensure_reference(
-                &sa_api,
-                &sa,
-                &self.settings.secret_name,
-                false,
-                &self.metrics,
-            )
-            .await?;
+            self.reference(&sa, false).await?;
         }
         if let Some(secret) = self.cached_secret(ns) {
             let api = Api::<Secret>::namespaced(self.client.clone(), ns);
@@ -302,13 +328,9 @@ async fn reconcile_inner(ns: &Namespace, ctx: &Context) -> Result<Action, Error>
         &ctx.metrics,
     )
     .await?;
-    let sa_api = Api::<ServiceAccount>::namespaced(ctx.client.clone(), &name);
     for sa in ctx.service_accounts_in(&name) {
         let want = cfg.service_accounts.contains(&sa.name_any());
-        if let Err(e) =
-            writes::ensure_reference(&sa_api, &sa, &ctx.settings.secret_name, want, &ctx.metrics)
-                .await
-        {
+        if let Err(e) = ctx.reference(&sa, want).await {
             let reference = sa.object_ref(&());
             ctx.warn(&reference, "PatchFailed", e.to_string()).await;
             return Err(e);
@@ -483,6 +505,7 @@ pub async fn run(
         secrets: secret_store.clone(),
         recorder: Recorder::new(client.clone(), w.reporter),
         failures: Mutex::new(HashMap::new()),
+        patched_from: Mutex::new(HashMap::new()),
         credentials_ok: AtomicBool::new(false),
     });
     *readiness
@@ -579,7 +602,10 @@ pub async fn cleanup(
     for sa in sas.items {
         let ns = sa.namespace().unwrap_or_default();
         let api = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
-        if writes::ensure_reference(&api, &sa, secret_name, false, metrics).await? {
+        if writes::ensure_reference(&api, &sa, secret_name, false, metrics)
+            .await?
+            .is_some()
+        {
             refs += 1;
         }
     }

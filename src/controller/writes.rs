@@ -46,8 +46,22 @@ pub async fn ensure_secret(
     cached: Option<&Secret>,
     metrics: &Metrics,
 ) -> Result<bool, Error> {
-    if cached.is_some_and(|s| content.matches(s)) {
-        return Ok(false);
+    match cached {
+        Some(s) if content.matches(s) => return Ok(false),
+        // Not in the (synced) cache: most likely absent, so create without reading first.
+        None => match api
+            .create(&PostParams::default(), &content.secret(name, ns))
+            .await
+        {
+            Ok(_) => {
+                metrics.write("secret_create");
+                tracing::info!(namespace = ns, secret = name, "created pull Secret");
+                return Ok(true);
+            }
+            Err(e) if is_conflict(&e) => {}
+            Err(e) => return Err(kube_err("create", "Secret", ns, name, e)),
+        },
+        Some(_) => {}
     }
     for _ in 0..MAX_CONFLICTS {
         let current = api
@@ -102,21 +116,22 @@ pub async fn ensure_secret(
 }
 
 /// Adds (`want`) or removes our reference on a ServiceAccount, keeping every other entry in order.
-/// Starts from `cached` and re-reads on conflict. Returns whether it wrote.
+/// Starts from `cached` and re-reads on conflict. Returns, when it wrote, the resourceVersion the
+/// write replaced (a cache still showing it is stale).
 pub async fn ensure_reference(
     api: &Api<ServiceAccount>,
     cached: &ServiceAccount,
     secret_name: &str,
     want: bool,
     metrics: &Metrics,
-) -> Result<bool, Error> {
+) -> Result<Option<String>, Error> {
     let ns = cached.namespace().unwrap_or_default();
     let name = cached.name_any();
     let mut current = cached.clone();
     for _ in 0..MAX_CONFLICTS {
         let refs = current.image_pull_secrets.clone().unwrap_or_default();
         let Some(next) = desired_pull_secrets(&refs, secret_name, want) else {
-            return Ok(false);
+            return Ok(None);
         };
         let patch = json!({
             // A precondition: the server refuses (409) if the object changed since we read it.
@@ -134,16 +149,16 @@ pub async fn ensure_reference(
                     "sa_remove_reference"
                 });
                 tracing::info!(namespace = %ns, service_account = %name, added = want, "patched imagePullSecrets");
-                return Ok(true);
+                return Ok(Some(current.resource_version().unwrap_or_default()));
             }
             Err(e) if is_conflict(&e) => {
                 current = match api.get_opt(&name).await {
                     Ok(Some(fresh)) => fresh,
-                    Ok(None) => return Ok(false),
+                    Ok(None) => return Ok(None),
                     Err(e) => return Err(kube_err("get", "ServiceAccount", &ns, &name, e)),
                 };
             }
-            Err(e) if is_not_found(&e) => return Ok(false),
+            Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => return Err(kube_err("patch", "ServiceAccount", &ns, &name, e)),
         }
     }

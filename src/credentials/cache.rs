@@ -1,6 +1,6 @@
 //! An expiry-aware, single-flight cache: for each key, at most one fetch runs at a time; callers
-//! that arrive while it runs wait for it and share its result (its value, or its error if they
-//! asked before it failed), so N concurrent callers cause one cloud call.
+//! that arrive while it runs wait for it and share its result (its value, or its error during a
+//! backoff after it failed), so N concurrent callers cause one cloud call.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -27,22 +27,37 @@ pub fn refresh_point(
 #[derive(Debug)]
 struct Slot<V, E> {
     value: Option<(V, Timestamp)>,
+    /// The last failure, and until when it answers callers without a new fetch.
     failure: Option<(Instant, E)>,
+    /// Consecutive failures, for the backoff.
+    failures: u32,
 }
 
 /// One key's entry; its async lock is what makes fetches single-flight.
 type SharedSlot<V, E> = Arc<tokio::sync::Mutex<Slot<V, E>>>;
 
-/// A single-flight cache from `K` to `V`.
+/// A single-flight cache from `K` to `V`. After a failed fetch, callers get that error without a
+/// new fetch for a backoff that doubles with each consecutive failure (from `base` up to `max`),
+/// so an outage costs one cloud call per backoff period, however many callers there are.
 #[derive(Debug)]
 pub struct Cache<K, V, E> {
     slots: Mutex<HashMap<K, SharedSlot<V, E>>>,
+    base: Duration,
+    max: Duration,
 }
 
 impl<K, V, E> Default for Cache<K, V, E> {
     fn default() -> Self {
+        Cache::with_failure_backoff(Duration::from_secs(1), Duration::from_secs(60))
+    }
+}
+
+impl<K, V, E> Cache<K, V, E> {
+    pub fn with_failure_backoff(base: Duration, max: Duration) -> Self {
         Cache {
             slots: Mutex::new(HashMap::new()),
+            base,
+            max,
         }
     }
 }
@@ -59,6 +74,7 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> Cache<K, V, E> {
                 Arc::new(tokio::sync::Mutex::new(Slot {
                     value: None,
                     failure: None,
+                    failures: 0,
                 }))
             })
             .clone()
@@ -71,7 +87,6 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> Cache<K, V, E> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(V, Timestamp), E>>,
     {
-        let asked = Instant::now();
         let slot = self.slot(key);
         let mut slot = slot.lock().await;
         if let Some((value, refresh_at)) = &slot.value
@@ -79,10 +94,10 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> Cache<K, V, E> {
         {
             return Ok(value.clone());
         }
-        // A fetch that failed after we asked answers us too: a permanent error is not retried
-        // once per waiting caller.
-        if let Some((failed_at, error)) = &slot.failure
-            && *failed_at >= asked
+        // A recent failure answers for its backoff period: a permanent error is not fetched again
+        // once per waiting caller, nor once per namespace during an outage.
+        if let Some((until, error)) = &slot.failure
+            && Instant::now() < *until
         {
             return Err(error.clone());
         }
@@ -90,10 +105,16 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> Cache<K, V, E> {
             Ok((value, refresh_at)) => {
                 slot.value = Some((value.clone(), refresh_at));
                 slot.failure = None;
+                slot.failures = 0;
                 Ok(value)
             }
             Err(e) => {
-                slot.failure = Some((Instant::now(), e.clone()));
+                slot.failures = slot.failures.saturating_add(1);
+                let backoff = self
+                    .base
+                    .saturating_mul(1u32 << (slot.failures - 1).min(16))
+                    .min(self.max);
+                slot.failure = Some((Instant::now() + backoff, e.clone()));
                 Err(e)
             }
         }
@@ -193,8 +214,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failure_is_shared_by_the_callers_waiting_for_it_and_retried_later() {
-        let cache: Arc<Cache<&str, u32, String>> = Arc::default();
+    async fn a_failure_is_shared_by_the_callers_waiting_for_it_and_retried_after_a_backoff() {
+        let cache: Arc<Cache<&str, u32, String>> = Arc::new(Cache::with_failure_backoff(
+            Duration::from_millis(200),
+            Duration::from_millis(400),
+        ));
         let fetches = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..20 {
@@ -217,7 +241,15 @@ mod tests {
             );
         }
         assert_eq!(fetches.load(Ordering::SeqCst), 1);
-        // A later caller tries again.
+        // Within the backoff, callers get the error without a fetch.
+        let again = cache
+            .get(&"k", || async {
+                Ok((1, Timestamp::now() + SignedDuration::from_secs(60)))
+            })
+            .await;
+        assert_eq!(again, Err("NoPermission".to_owned()));
+        // After it, a caller fetches again.
+        tokio::time::sleep(Duration::from_millis(250)).await;
         let v = cache
             .get(&"k", || async {
                 Ok((1, Timestamp::now() + SignedDuration::from_secs(60)))
