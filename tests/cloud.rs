@@ -17,7 +17,6 @@ use acr_helper::credentials::{
     InstanceRef, Registry, RrsaRole,
 };
 use jiff::Timestamp;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
@@ -275,22 +274,17 @@ async fn rrsa_with_a_real_service_account_token_from_the_api_server() {
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     let token = |aud: &'static str| {
-        let sas = sas.clone();
+        let client = client.clone();
+        let ns = ns.name.clone();
         async move {
-            let req = TokenRequest {
-                spec: Some(TokenRequestSpec {
-                    audiences: Some(vec![aud.to_owned()]),
-                    expiration_seconds: Some(3600),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            sas.create_token_request("aliyun-acr-credential-helper", &PostParams::default(), &req)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"))
-                .status
-                .and_then(|s| s.token)
-                .unwrap_or_else(|| panic!("no token"))
+            support::service_account_token(
+                &client,
+                &ns,
+                "aliyun-acr-credential-helper",
+                &[aud],
+                3600,
+            )
+            .await
         }
     };
     let token_dir = std::env::temp_dir().join(format!("rrsa-{}", ns.name));
@@ -369,32 +363,7 @@ async fn managed_role_from_the_addon_token_secret_follows_its_rotation() {
     let secrets = Api::<Secret>::namespaced(client.clone(), &ns.name);
 
     let keyring = "0123456789abcdef0123456789abcdef";
-    let addon_secret = |creds: serde_json::Value| {
-        let iv: [u8; 16] = rand::random();
-        let enc = |field: &str| {
-            addon_token::encrypt_field(
-                keyring.as_bytes(),
-                &iv,
-                creds[field].as_str().unwrap_or_default(),
-            )
-            .unwrap_or_else(|e| panic!("{e}"))
-        };
-        let config = json!({
-            "access.key.id": enc("AccessKeyId"),
-            "access.key.secret": enc("AccessKeySecret"),
-            "security.token": enc("SecurityToken"),
-            "expiration": creds["Expiration"],
-            "keyring": keyring,
-        });
-        Secret {
-            metadata: ObjectMeta {
-                name: Some("addon.aliyuncsmanagedacrrole.token".into()),
-                ..Default::default()
-            },
-            string_data: Some([(addon_token::CONFIG_KEY.to_owned(), config.to_string())].into()),
-            ..Default::default()
-        }
-    };
+    let addon_secret = |creds: serde_json::Value| addon_token_secret(&creds, keyring);
     let first = fake.mint_sts("managed-role", 3600).await;
     secrets
         .create(&PostParams::default(), &addon_secret(first.clone()))

@@ -6,7 +6,6 @@ mod support;
 use std::collections::BTreeMap;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::api::{ListParams, ObjectMeta, PostParams};
@@ -26,21 +25,8 @@ fn service_account(name: &str) -> ServiceAccount {
 }
 
 async fn token_for(client: &Client, ns: &str, sa: &str, audiences: Vec<String>) -> String {
-    let req = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: Some(audiences),
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create_token_request(sa, &PostParams::default(), &req)
-        .await
-        .unwrap_or_else(|e| panic!("TokenRequest for {ns}/{sa}: {e}"))
-        .status
-        .and_then(|status| status.token)
-        .unwrap_or_else(|| panic!("TokenRequest for {ns}/{sa} returned no token"))
+    let audiences: Vec<&str> = audiences.iter().map(String::as_str).collect();
+    support::service_account_token(client, ns, sa, &audiences, 3600).await
 }
 
 #[tokio::test]

@@ -5,8 +5,6 @@ mod support;
 
 use std::time::Duration;
 
-use acr_helper::aliyun::addon_token;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{LocalObjectReference, Secret, ServiceAccount};
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -324,31 +322,7 @@ async fn worker_role_hardened_and_plain_fallback_and_assume_role_on_it() {
 }
 
 fn addon_secret(creds: &Value) -> Secret {
-    let keyring = "0123456789abcdef";
-    let iv: [u8; 16] = rand::random();
-    let enc = |field: &str| {
-        addon_token::encrypt_field(
-            keyring.as_bytes(),
-            &iv,
-            creds[field].as_str().unwrap_or_default(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
-    };
-    let config = json!({
-        "access.key.id": enc("AccessKeyId"),
-        "access.key.secret": enc("AccessKeySecret"),
-        "security.token": enc("SecurityToken"),
-        "expiration": creds["Expiration"],
-        "keyring": keyring,
-    });
-    Secret {
-        metadata: ObjectMeta {
-            name: Some("addon.aliyuncsmanagedacrrole.token".into()),
-            ..Default::default()
-        },
-        string_data: Some([(addon_token::CONFIG_KEY.to_owned(), config.to_string())].into()),
-        ..Default::default()
-    }
+    addon_token_secret(creds, "0123456789abcdef")
 }
 
 #[tokio::test]
@@ -444,25 +418,14 @@ async fn rrsa_with_a_projected_token_and_assume_role_on_it() {
     h.fake.configure(json!({"roles": roles})).await;
 
     // The projected token the chart mounts: audience sts.aliyuncs.com.
-    let token = h
-        .service_accounts(&h.config_ns.name)
-        .create_token_request(
-            "aliyun-acr-credential-helper",
-            &PostParams::default(),
-            &TokenRequest {
-                spec: Some(TokenRequestSpec {
-                    audiences: Some(vec!["sts.aliyuncs.com".into()]),
-                    expiration_seconds: Some(3600),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .status
-        .and_then(|s| s.token)
-        .unwrap_or_else(|| panic!("no token"));
+    let token = support::service_account_token(
+        &h.client,
+        &h.config_ns.name,
+        "aliyun-acr-credential-helper",
+        &["sts.aliyuncs.com"],
+        3600,
+    )
+    .await;
     let token_file = std::env::temp_dir().join(format!("rrsa-token-{}", h.config_ns.name));
     std::fs::write(&token_file, token).unwrap_or_else(|e| panic!("{e}"));
     let token_path = token_file.display().to_string();

@@ -210,3 +210,33 @@ impl Drop for FakeCloud {
         let _ = self.child.wait();
     }
 }
+
+/// ACK's managed-role token Secret (`addon.aliyuncsmanagedacrrole.token`) carrying `creds` (as
+/// `mint_sts` returns them), encrypted with `keyring` as ACK does.
+pub fn addon_token_secret(creds: &Value, keyring: &str) -> k8s_openapi::api::core::v1::Secret {
+    use acr_helper::aliyun::addon_token;
+    let iv: [u8; 16] = rand::random();
+    let enc = |field: &str| {
+        addon_token::encrypt_field(
+            keyring.as_bytes(),
+            &iv,
+            creds[field].as_str().unwrap_or_default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let config = json!({
+        "access.key.id": enc("AccessKeyId"),
+        "access.key.secret": enc("AccessKeySecret"),
+        "security.token": enc("SecurityToken"),
+        "expiration": creds["Expiration"],
+        "keyring": keyring,
+    });
+    k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("addon.aliyuncsmanagedacrrole.token".into()),
+            ..Default::default()
+        },
+        string_data: Some([(addon_token::CONFIG_KEY.to_owned(), config.to_string())].into()),
+        ..Default::default()
+    }
+}

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -139,23 +138,14 @@ impl Harness {
             )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let token = sas
-            .create_token_request(
-                "aliyun-acr-credential-helper",
-                &PostParams::default(),
-                &TokenRequest {
-                    spec: Some(TokenRequestSpec {
-                        expiration_seconds: Some(3 * 3600),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .status
-            .and_then(|s| s.token)
-            .unwrap_or_else(|| panic!("no token"));
+        let token = super::service_account_token(
+            &client,
+            &config_ns.name,
+            "aliyun-acr-credential-helper",
+            &[],
+            3 * 3600,
+        )
+        .await;
         let dir = std::env::temp_dir().join(format!("acr-helper-e2e-{}", config_ns.name));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
         let cfg = cp.config().await;

@@ -241,3 +241,29 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A token for `ns/sa` from the TokenRequest API (`audiences` empty: the API server's own).
+pub async fn service_account_token(
+    client: &Client,
+    ns: &str,
+    sa: &str,
+    audiences: &[&str],
+    seconds: i64,
+) -> String {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    let req = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(audiences.iter().map(|a| (*a).to_owned()).collect()),
+            expiration_seconds: Some(seconds),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request(sa, &PostParams::default(), &req)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest for {ns}/{sa}: {e}"))
+        .status
+        .and_then(|s| s.token)
+        .unwrap_or_else(|| panic!("TokenRequest for {ns}/{sa} returned no token"))
+}
