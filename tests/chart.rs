@@ -1,0 +1,358 @@
+//! The Helm chart: lint, the committed rendering in deploy/, and install / upgrade / uninstall on
+//! the real API server with the controller running under the chart's own ServiceAccount and RBAC.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use serde_json::json;
+use support::fake_cloud::{FakeCloud, default_config};
+use support::harness::BINARY;
+use support::{TestNamespace, control_plane, repo_root, wait_until};
+
+const CHART: &str = "charts/aliyun-acr-credential-helper";
+const RENDERED: &str = "deploy/aliyun-acr-credential-helper.yaml";
+
+fn helm(args: &[&str]) -> Output {
+    let cp = control_plane();
+    Command::new(cp.binary("helm"))
+        .args(args)
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("acr-helper-helm/cache"),
+        )
+        .env(
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("acr-helper-helm/config"),
+        )
+        .env(
+            "HELM_DATA_HOME",
+            std::env::temp_dir().join("acr-helper-helm/data"),
+        )
+        .current_dir(repo_root())
+        .output()
+        .unwrap_or_else(|e| panic!("helm {args:?}: {e}"))
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn helm_lint_strict_passes() {
+    ok(helm(&["lint", "--strict", CHART]), "helm lint --strict");
+}
+
+#[test]
+fn deploy_holds_the_chart_rendered_with_default_values() {
+    let rendered = ok(
+        helm(&[
+            "template",
+            "aliyun-acr-credential-helper",
+            CHART,
+            "-n",
+            "kube-system",
+        ]),
+        "helm template",
+    );
+    let committed = std::fs::read_to_string(repo_root().join(RENDERED)).unwrap_or_default();
+    assert!(
+        committed == rendered,
+        "{RENDERED} is out of date; regenerate it with scripts/render-deploy"
+    );
+}
+
+#[test]
+fn the_rendered_config_map_passes_check_config() {
+    // The chart's ConfigMap, for default values and for a full set of values.
+    let values = repo_root().join("tests/data/chart-values-full.yaml");
+    for extra in [vec![], vec!["-f".to_owned(), values.display().to_string()]] {
+        let mut args = vec![
+            "template",
+            "x",
+            CHART,
+            "-n",
+            "kube-system",
+            "--show-only",
+            "templates/configmap.yaml",
+        ];
+        args.extend(extra.iter().map(String::as_str));
+        let cm = ok(helm(&args), "helm template");
+        let file =
+            std::env::temp_dir().join(format!("acr-helper-cm-{}.yaml", rand::random::<u32>()));
+        std::fs::write(&file, cm).unwrap_or_else(|e| panic!("{e}"));
+        let out = Command::new(BINARY)
+            .args(["--region", "cn-hangzhou", "check-config"])
+            .arg(&file)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _ = std::fs::remove_file(&file);
+        ok(out, "check-config of the rendered ConfigMap");
+    }
+}
+
+/// The chart's own ServiceAccount token, as a kubeconfig the controller can use.
+async fn chart_identity_kubeconfig(ns: &str, dir: &std::path::Path) -> PathBuf {
+    let cp = control_plane();
+    let client = cp.client().await;
+    let token =
+        support::service_account_token(&client, ns, "aliyun-acr-credential-helper", &[], 3600)
+            .await;
+    let cfg = cp.config().await;
+    let ca = cp
+        .dir
+        .as_ref()
+        .map(|d| d.join("pki/ca.crt"))
+        .unwrap_or_else(|| panic!("needs our control plane"));
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: chart\n  user:\n    token: {token}\ncontexts:\n- name: local\n  context:\n    cluster: local\n    user: chart\ncurrent-context: local\n",
+            cfg.cluster_url.to_string().trim_end_matches('/'),
+            ca.display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+#[tokio::test]
+async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
+    let cp = control_plane();
+    let client = cp.client().await;
+    // The chart is installed into a namespace of the test's own (kube-system is shared by every
+    // test of this run); the release namespace is where the ConfigMap, the Lease and the Role are.
+    let release_ns = TestNamespace::create(&client, "chart").await;
+    let ws = TestNamespace::create(&client, "chart-ws").await;
+    let fake = FakeCloud::start(&default_config());
+    let release = format!("acr-{}", &release_ns.name[release_ns.name.len() - 8..]);
+    let set_ns = format!("acrConfiguration.watchNamespace={}", ws.name);
+    ok(
+        helm(&[
+            "install",
+            &release,
+            CHART,
+            "-n",
+            &release_ns.name,
+            "--wait=false",
+            "--set",
+            &set_ns,
+            "--set",
+            "acrConfiguration.acrRegistryInfo[0].instanceId=cri-fakeinstance0001",
+            "--set",
+            "tokenMode=workerRole",
+        ]),
+        "helm install",
+    );
+
+    // `kubectl auth can-i --list` for the chart's ServiceAccount shows the documented rules and
+    // nothing more than what any ServiceAccount without bindings has.
+    let can_i = |sa_name: &str| {
+        let sa = format!("system:serviceaccount:{}:{sa_name}", release_ns.name);
+        let out = Command::new(cp.binary("kubectl"))
+            .args([
+                "auth",
+                "can-i",
+                "--list",
+                "--as",
+                &sa,
+                "-n",
+                &release_ns.name,
+            ])
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        ok(out, "kubectl auth can-i --list")
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|l| !l.is_empty())
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &release_ns.name)
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "nobody"}}))
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let baseline = can_i("nobody");
+    let granted = can_i("aliyun-acr-credential-helper");
+    let extra: Vec<&String> = granted.difference(&baseline).collect();
+    let documented = [
+        "namespaces [] [] [get list watch]",
+        "serviceaccounts [] [] [get list watch patch]",
+        "secrets [] [] [get list watch create update delete]",
+        "events.events.k8s.io [] [] [create patch]",
+        "configmaps [] [] [get list watch]",
+        "leases.coordination.k8s.io [] [] [get list watch create update patch delete]",
+    ];
+    let documented: Vec<String> = documented.iter().map(|s| (*s).to_owned()).collect();
+    assert_eq!(
+        extra
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<std::collections::BTreeSet<_>>(),
+        documented
+            .iter()
+            .map(String::as_str)
+            .collect::<std::collections::BTreeSet<_>>(),
+        "the chart's ServiceAccount may do exactly what the chart documents"
+    );
+
+    // The controller, run with the chart's ServiceAccount token (not admin), does its whole job.
+    let dir = std::env::temp_dir().join(format!("acr-helper-chart-{}", release_ns.name));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = chart_identity_kubeconfig(&release_ns.name, &dir).await;
+    let log = std::fs::File::create(dir.join("controller.log")).unwrap_or_else(|e| panic!("{e}"));
+    let mut controller = Command::new(BINARY)
+        .args([
+            "--config-namespace",
+            &release_ns.name,
+            "--token-mode",
+            "workerRole",
+            "--region",
+            "cn-hangzhou",
+            "--sts-endpoint",
+            &fake.url,
+            "--cr-endpoint",
+            &fake.cr_template(),
+            "--metadata-endpoint",
+            &fake.url,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "plain",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ws.name);
+    let sas =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ws.name);
+    let referenced = |sa: &'static str| {
+        let sas = sas.clone();
+        async move {
+            sas.get_opt(sa).await.ok().flatten().is_some_and(|s| {
+                s.image_pull_secrets
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|r| r.name == "aliyun-acr-credential-helper")
+            })
+        }
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "the Secret and the reference",
+        || async {
+            secrets
+                .get_opt("aliyun-acr-credential-helper")
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+                && referenced("default").await
+        },
+    )
+    .await;
+
+    // helm upgrade with changed values changes the ConfigMap, and the running controller follows.
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ws.name)
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "builder"}}))
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    ok(
+        helm(&[
+            "upgrade",
+            &release,
+            CHART,
+            "-n",
+            &release_ns.name,
+            "--reuse-values",
+            "--set",
+            "acrConfiguration.serviceAccount=builder",
+        ]),
+        "helm upgrade",
+    );
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &release_ns.name)
+        .get("acr-configuration")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cm.data
+            .unwrap_or_default()
+            .get("service-account")
+            .map(String::as_str),
+        Some("builder")
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the controller to follow the upgrade",
+        || async { referenced("builder").await && !referenced("default").await },
+    )
+    .await;
+    let _ = controller.kill();
+    let _ = controller.wait();
+
+    // helm uninstall, then cleanup: no ServiceAccount refers to a missing Secret.
+    ok(
+        helm(&["uninstall", &release, "-n", &release_ns.name]),
+        "helm uninstall",
+    );
+    let out = Command::new(BINARY)
+        .arg("cleanup")
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    ok(out, "cleanup");
+    let all = Api::<k8s_openapi::api::core::v1::ServiceAccount>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let existing: std::collections::BTreeSet<(String, String)> =
+        Api::<k8s_openapi::api::core::v1::Secret>::all(client.clone())
+            .list(&Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .items
+            .into_iter()
+            .map(|s| {
+                (
+                    s.metadata.namespace.unwrap_or_default(),
+                    s.metadata.name.unwrap_or_default(),
+                )
+            })
+            .collect();
+    for sa in all.items {
+        let ns = sa.metadata.namespace.clone().unwrap_or_default();
+        for r in sa.image_pull_secrets.unwrap_or_default() {
+            if r.name == "aliyun-acr-credential-helper" {
+                assert!(
+                    existing.contains(&(ns.clone(), r.name.clone())),
+                    "{ns}/{:?} refers to a missing Secret",
+                    sa.metadata.name
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
