@@ -51,7 +51,8 @@ try:
     log = open(os.path.join(cp_dir, "logs/controller.log"), "w")
     ctl = subprocess.Popen([BIN, "--token-mode", "workerRole", "--sts-endpoint", fake,
                             "--cr-endpoint", fake + "/r/{region}", "--metadata-endpoint", fake,
-                            "--metrics-addr", f"127.0.0.1:{metrics_port}", "--log-level", "warn"],
+                            "--metrics-addr", f"127.0.0.1:{metrics_port}", "--webhook-addr", "127.0.0.1:0",
+                            "--log-level", "warn"],
                            env=env, stdout=log, stderr=log)
     procs.append(ctl)
     while True:

@@ -48,9 +48,19 @@ pub async fn main(args: Args) -> Result<i32, AppError> {
         Command::Cleanup => {
             crate::telemetry::init(&args.log).map_err(AppError::Usage)?;
             let client = kube_client().await?;
+            let webhook =
+                crate::webhook::runtime::remove(&client, &args.webhook.webhook_configuration)
+                    .await?;
             let (refs, secrets) =
                 controller::cleanup(client, &args.kube.secret_name, &Metrics::new()).await?;
-            println!("removed {refs} imagePullSecrets reference(s) and {secrets} Secret(s)");
+            println!(
+                "removed {refs} imagePullSecrets reference(s), {secrets} Secret(s){}",
+                if webhook {
+                    " and the MutatingWebhookConfiguration"
+                } else {
+                    ""
+                }
+            );
             Ok(0)
         }
         Command::Run => {
@@ -210,7 +220,18 @@ async fn run(args: Args) -> Result<(), AppError> {
             controller: "aliyun-acr-credential-helper".into(),
             instance: Some(identity.clone()),
         },
+        webhook: args.webhook.settings(),
     };
+    // Every replica serves the webhook, from its own watches.
+    let webhook = tokio::spawn(crate::webhook::runtime::serve(
+        client.clone(),
+        args.webhook.settings(),
+        settings.config_namespace.clone(),
+        settings.config_name.clone(),
+        settings.region.clone(),
+        settings.secret_name.clone(),
+        until_true(stop_rx.clone()),
+    ));
 
     if !args.run.leader_elect {
         metrics.leader.set(1);
@@ -270,6 +291,11 @@ async fn run(args: Args) -> Result<(), AppError> {
             Ok(Err(e)) => tracing::warn!(error = %e, "leader election ended with an error"),
             Err(e) => tracing::warn!(error = %e, "leader election task failed"),
         }
+    }
+    match webhook.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "the webhook server failed"),
+        Err(e) => tracing::warn!(error = %e, "the webhook task failed"),
+        Ok(Ok(())) => {}
     }
     let _ = server.await;
     Ok(())

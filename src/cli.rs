@@ -34,6 +34,72 @@ pub struct Args {
 
     #[command(flatten)]
     pub log: LogArgs,
+
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+}
+
+/// The ServiceAccount admission webhook (turned on by `webhook-configuration` in the ConfigMap).
+#[derive(Debug, Clone, ClapArgs)]
+pub struct WebhookArgs {
+    /// Address every replica serves the webhook on (HTTPS).
+    #[arg(long, env = "ACR_HELPER_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    pub webhook_addr: std::net::SocketAddr,
+
+    /// The Service in front of the replicas, in the configuration namespace.
+    #[arg(
+        long,
+        env = "ACR_HELPER_WEBHOOK_SERVICE",
+        default_value = "aliyun-acr-credential-helper"
+    )]
+    pub webhook_service: String,
+
+    /// The Service's webhook port.
+    #[arg(long, env = "ACR_HELPER_WEBHOOK_SERVICE_PORT", default_value_t = 443)]
+    pub webhook_service_port: i32,
+
+    /// Register this URL instead of the Service (for a controller running outside the cluster).
+    #[arg(long, env = "ACR_HELPER_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Extra names or IP addresses for the serving certificate, comma-separated.
+    #[arg(long, env = "ACR_HELPER_WEBHOOK_CERT_SANS", value_delimiter = ',')]
+    pub webhook_cert_sans: Vec<String>,
+
+    /// Name of the MutatingWebhookConfiguration.
+    #[arg(
+        long,
+        env = "ACR_HELPER_WEBHOOK_CONFIGURATION",
+        default_value = "aliyun-acr-credential-helper"
+    )]
+    pub webhook_configuration: String,
+
+    /// Name of the Secret holding the webhook's CA and serving certificate (configuration namespace).
+    #[arg(
+        long,
+        env = "ACR_HELPER_WEBHOOK_TLS_SECRET",
+        default_value = "aliyun-acr-credential-helper-webhook-tls"
+    )]
+    pub webhook_tls_secret: String,
+}
+
+impl WebhookArgs {
+    pub fn settings(&self) -> crate::webhook::runtime::WebhookSettings {
+        crate::webhook::runtime::WebhookSettings {
+            addr: self.webhook_addr,
+            service: self.webhook_service.clone(),
+            service_port: self.webhook_service_port,
+            url: self.webhook_url.clone(),
+            extra_sans: self
+                .webhook_cert_sans
+                .iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            configuration_name: self.webhook_configuration.clone(),
+            tls_secret: self.webhook_tls_secret.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Subcommand)]

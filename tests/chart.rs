@@ -199,6 +199,7 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
         "events.events.k8s.io [] [] [create patch]",
         "configmaps [] [] [get list watch]",
         "leases.coordination.k8s.io [] [] [get list watch create update patch delete]",
+        "mutatingwebhookconfigurations.admissionregistration.k8s.io [] [] [get create patch delete]",
     ];
     let documented: Vec<String> = documented.iter().map(|s| (*s).to_owned()).collect();
     assert_eq!(

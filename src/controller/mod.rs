@@ -81,6 +81,7 @@ struct Resolved {
 /// Shared state of the reconcilers.
 pub struct Context {
     pub client: Client,
+    pub webhook: crate::webhook::runtime::WebhookSettings,
     pub registry: Arc<Registry>,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
@@ -416,8 +417,9 @@ async fn apply_config(ctx: &Context, cm: Option<&ConfigMap>, trigger: &mpsc::Unb
                 threshold_s = next.expiring_threshold.as_secs(),
                 "applied acr-configuration"
             );
-            ctx.set_config(Some(next));
+            ctx.set_config(Some(next.clone()));
             let _ = trigger.unbounded_send(());
+            reconcile_webhook(ctx, &next, cm).await;
         }
         Err(errors) => {
             ctx.metrics.config_valid.set(0);
@@ -431,6 +433,26 @@ async fn apply_config(ctx: &Context, cm: Option<&ConfigMap>, trigger: &mpsc::Unb
     }
 }
 
+/// Leader duty: the webhook registration follows `webhook-configuration`.
+async fn reconcile_webhook(ctx: &Context, cfg: &Config, cm: &ConfigMap) {
+    if let Err(e) = crate::webhook::runtime::reconcile(
+        &ctx.client,
+        &ctx.webhook,
+        &ctx.settings.config_namespace,
+        &cfg.webhook,
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "could not register the admission webhook");
+        ctx.warn(
+            &cm.object_ref(&()),
+            "WebhookFailed",
+            format!("admission webhook: {e}"),
+        )
+        .await;
+    }
+}
+
 /// What `run` needs besides the client.
 pub struct Wiring {
     pub client: Client,
@@ -438,6 +460,7 @@ pub struct Wiring {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     pub reporter: Reporter,
+    pub webhook: crate::webhook::runtime::WebhookSettings,
 }
 
 /// Readiness, as `/readyz` reports it.
@@ -496,6 +519,7 @@ pub async fn run(
 
     let ctx = Arc::new(Context {
         client: client.clone(),
+        webhook: w.webhook.clone(),
         registry: w.registry,
         settings: w.settings.clone(),
         metrics: w.metrics,
@@ -525,8 +549,27 @@ pub async fn run(
     let config_synced_w = config_synced.clone();
     let config_task = tokio::spawn(async move {
         let mut seen = false;
+        let mut last: Option<ConfigMap> = None;
         let mut events = std::pin::pin!(cm_watch);
-        while let Some(event) = events.next().await {
+        // Re-checks the webhook certificate for renewal every hour.
+        let mut renewal = tokio::time::interval(Duration::from_secs(3600));
+        renewal.tick().await;
+        loop {
+            let event = tokio::select! {
+                event = events.next() => match event {
+                    Some(e) => e,
+                    None => break,
+                },
+                _ = renewal.tick() => {
+                    if let (Some(cfg), Some(cm)) = (config_ctx.config(), last.as_ref()) {
+                        reconcile_webhook(&config_ctx, &cfg, cm).await;
+                    }
+                    continue;
+                }
+            };
+            if let Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) = &event {
+                last = Some(cm.clone());
+            }
             match event {
                 Ok(watcher::Event::Apply(cm)) | Ok(watcher::Event::InitApply(cm)) => {
                     seen = true;

@@ -86,7 +86,7 @@ impl Drop for ControllerProcess {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -205,6 +205,8 @@ impl Harness {
             "info,kube=warn",
             "--cloud-request-timeout",
             "2s",
+            "--webhook-addr",
+            "127.0.0.1:0",
         ]
         .iter()
         .map(|s| (*s).to_owned())
@@ -218,6 +220,12 @@ impl Harness {
         let out = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
         let err = out.try_clone().unwrap_or_else(|e| panic!("{e}"));
         let mut args = self.base_args();
+        // A flag given in `extra` replaces the base one.
+        for flag in extra.iter().filter(|a| a.starts_with("--")) {
+            if let Some(i) = args.iter().position(|a| a == flag) {
+                args.drain(i..i + 2);
+            }
+        }
         args.extend(["--metrics-addr".to_owned(), format!("127.0.0.1:{port}")]);
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let child = Command::new(BINARY)

@@ -1,0 +1,217 @@
+//! The ServiceAccount admission webhook: a new ServiceAccount that the configuration selects is
+//! created already carrying the pull Secret reference, so a Pod admitted right after it never
+//! misses the Secret. It answers from cached state (the last good configuration), never waits on
+//! the cloud, and never rejects a request.
+
+pub mod certs;
+pub mod runtime;
+pub mod server;
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+
+use crate::config::Config;
+
+/// The JSON patch that adds our reference to a ServiceAccount being created, if the
+/// configuration selects it and it lacks the reference.
+pub fn patch_for(
+    sa: &ServiceAccount,
+    namespace: &str,
+    config: &Config,
+    secret_name: &str,
+) -> Option<json_patch::Patch> {
+    let name = sa
+        .metadata
+        .name
+        .as_deref()
+        .or(sa.metadata.generate_name.as_deref())
+        .unwrap_or_default();
+    if !config.namespaces.contains(namespace) {
+        return None;
+    }
+    // A generateName'd ServiceAccount's final name is unknown here; only `*` selects it.
+    if sa.metadata.name.is_none() && config.service_accounts != crate::config::Selection::All {
+        return None;
+    }
+    if !config.service_accounts.contains(name) {
+        return None;
+    }
+    let reference = serde_json::json!({ "name": secret_name });
+    let op = match &sa.image_pull_secrets {
+        Some(refs) if refs.iter().any(|r| r.name == secret_name) => return None,
+        Some(_) => serde_json::json!([
+            {"op": "add", "path": "/imagePullSecrets/-", "value": reference}
+        ]),
+        None => serde_json::json!([
+            {"op": "add", "path": "/imagePullSecrets", "value": [reference]}
+        ]),
+    };
+    serde_json::from_value(op).ok()
+}
+
+/// Answers one AdmissionReview. Always allows; adds the patch when one applies.
+pub fn review(
+    review: AdmissionReview<ServiceAccount>,
+    config: Option<&Config>,
+    secret_name: &str,
+) -> AdmissionReview<DynamicObject> {
+    let request: AdmissionRequest<ServiceAccount> = match review.try_into() {
+        Ok(r) => r,
+        Err(e) => return AdmissionResponse::invalid(e.to_string()).into_review(),
+    };
+    let response = AdmissionResponse::from(&request);
+    let patch = match (&request.operation, &request.object, config) {
+        (Operation::Create, Some(sa), Some(cfg)) if cfg.webhook.enable => {
+            let ns = request.namespace.as_deref().unwrap_or_default();
+            patch_for(sa, ns, cfg, secret_name)
+        }
+        _ => None,
+    };
+    match patch {
+        Some(p) => match response.clone().with_patch(p) {
+            Ok(patched) => {
+                tracing::debug!(namespace = ?request.namespace, name = ?request.name, "webhook added the pull Secret reference");
+                patched.into_review()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not serialize the webhook patch; allowing unchanged");
+                response.into_review()
+            }
+        },
+        None => response.into_review(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn config(ns: &str, sa: &str, enable: bool) -> Config {
+        let data: BTreeMap<String, String> = [
+            ("watch-namespace", ns),
+            ("service-account", sa),
+            (
+                "webhook-configuration",
+                if enable {
+                    "enable: true"
+                } else {
+                    "enable: false"
+                },
+            ),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        crate::config::parse(&data, Some("cn-hangzhou"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .config
+    }
+
+    fn sa(name: Option<&str>, refs: Option<&[&str]>) -> ServiceAccount {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "generateName": name.is_none().then_some("gen-")},
+            "imagePullSecrets": refs.map(|r| r.iter().map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>()),
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn apply(sa: &ServiceAccount, patch: &json_patch::Patch) -> Vec<String> {
+        let mut doc = serde_json::to_value(sa).unwrap_or_default();
+        json_patch::patch(&mut doc, patch).unwrap_or_else(|e| panic!("{e}"));
+        doc["imagePullSecrets"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn selected_service_accounts_get_the_reference_appended() {
+        let cfg = config("team-a", "default,builder", true);
+        let p = patch_for(&sa(Some("builder"), None), "team-a", &cfg, "ours");
+        assert_eq!(
+            apply(
+                &sa(Some("builder"), None),
+                &p.unwrap_or_else(|| panic!("no patch"))
+            ),
+            vec!["ours"]
+        );
+        let existing = sa(Some("default"), Some(&["theirs"]));
+        let p = patch_for(&existing, "team-a", &cfg, "ours").unwrap_or_else(|| panic!("no patch"));
+        assert_eq!(apply(&existing, &p), vec!["theirs", "ours"]);
+    }
+
+    #[test]
+    fn unselected_or_already_referenced_service_accounts_are_untouched() {
+        let cfg = config("team-a", "default", true);
+        assert!(patch_for(&sa(Some("default"), None), "team-b", &cfg, "ours").is_none());
+        assert!(patch_for(&sa(Some("other"), None), "team-a", &cfg, "ours").is_none());
+        assert!(
+            patch_for(
+                &sa(Some("default"), Some(&["ours"])),
+                "team-a",
+                &cfg,
+                "ours"
+            )
+            .is_none()
+        );
+        // generateName: only `*` can select a name not known yet.
+        assert!(patch_for(&sa(None, None), "team-a", &cfg, "ours").is_none());
+        let all = config("all", "*", true);
+        assert!(patch_for(&sa(None, None), "any", &all, "ours").is_some());
+    }
+
+    fn admission(sa_name: &str, ns: &str, op: &str) -> AdmissionReview<ServiceAccount> {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "", "version": "v1", "kind": "ServiceAccount"},
+                "resource": {"group": "", "version": "v1", "resource": "serviceaccounts"},
+                "requestKind": {"group": "", "version": "v1", "kind": "ServiceAccount"},
+                "requestResource": {"group": "", "version": "v1", "resource": "serviceaccounts"},
+                "name": sa_name,
+                "namespace": ns,
+                "operation": op,
+                "userInfo": {"username": "admin"},
+                "object": {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa_name, "namespace": ns}},
+                "dryRun": false
+            }
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn response(r: &AdmissionReview<DynamicObject>) -> serde_json::Value {
+        serde_json::to_value(r).unwrap_or_default()["response"].clone()
+    }
+
+    #[test]
+    fn reviews_always_allow_and_patch_only_when_enabled_and_selected() {
+        let on = config("team-a", "default", true);
+        let off = config("team-a", "default", false);
+        let r = response(&review(
+            admission("default", "team-a", "CREATE"),
+            Some(&on),
+            "ours",
+        ));
+        assert_eq!(r["allowed"], true);
+        assert_eq!(r["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(r["patchType"], "JSONPatch");
+        for (cfg, ns, op) in [
+            (Some(&on), "team-b", "CREATE"),
+            (Some(&off), "team-a", "CREATE"),
+            (None, "team-a", "CREATE"),
+            (Some(&on), "team-a", "UPDATE"),
+        ] {
+            let r = response(&review(admission("default", ns, op), cfg, "ours"));
+            assert_eq!(r["allowed"], true);
+            assert!(r.get("patch").is_none_or(serde_json::Value::is_null), "{r}");
+        }
+    }
+}
