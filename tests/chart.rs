@@ -132,12 +132,20 @@ async fn chart_identity_kubeconfig(ns: &str, dir: &std::path::Path) -> PathBuf {
 async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
     let cp = control_plane();
     let client = cp.client().await;
-    // The chart is installed into a namespace of the test's own (kube-system is shared by every
-    // test of this run); the release namespace is where the ConfigMap, the Lease and the Role are.
-    let release_ns = TestNamespace::create(&client, "chart").await;
+    // Installed into kube-system, as operators do. Only this test uses kube-system's
+    // acr-configuration; a release left by an interrupted earlier run is removed first.
+    let release_ns_name = "kube-system".to_owned();
     let ws = TestNamespace::create(&client, "chart-ws").await;
     let fake = FakeCloud::start(&default_config());
-    let release = format!("acr-{}", &release_ns.name[release_ns.name.len() - 8..]);
+    let release = "acr-e2e".to_owned();
+    let _ = helm(&[
+        "uninstall",
+        &release,
+        "-n",
+        &release_ns_name,
+        "--ignore-not-found",
+    ]);
+    let webhook_name = format!("{release}-aliyun-acr-credential-helper");
     let set_ns = format!("acrConfiguration.watchNamespace={}", ws.name);
     ok(
         helm(&[
@@ -145,7 +153,7 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
             &release,
             CHART,
             "-n",
-            &release_ns.name,
+            &release_ns_name,
             "--wait=false",
             "--set",
             &set_ns,
@@ -160,7 +168,7 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
     // `kubectl auth can-i --list` for the chart's ServiceAccount shows the documented rules and
     // nothing more than what any ServiceAccount without bindings has.
     let can_i = |sa_name: &str| {
-        let sa = format!("system:serviceaccount:{}:{sa_name}", release_ns.name);
+        let sa = format!("system:serviceaccount:{}:{sa_name}", release_ns_name);
         let out = Command::new(cp.binary("kubectl"))
             .args([
                 "auth",
@@ -169,7 +177,7 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
                 "--as",
                 &sa,
                 "-n",
-                &release_ns.name,
+                &release_ns_name,
             ])
             .env("KUBECONFIG", &cp.kubeconfig)
             .output()
@@ -181,15 +189,22 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
             .filter(|l| !l.is_empty())
             .collect::<std::collections::BTreeSet<String>>()
     };
-    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &release_ns.name)
+    let nobody = format!("nobody-{:08x}", rand::random::<u32>());
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &release_ns_name)
         .create(
             &Default::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "nobody"}}))
+            &serde_json::from_value(json!({"metadata": {"name": nobody}}))
                 .unwrap_or_else(|e| panic!("{e}")),
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let baseline = can_i("nobody");
+    let baseline = can_i(&nobody);
+    let _ = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+        client.clone(),
+        &release_ns_name,
+    )
+    .delete(&nobody, &Default::default())
+    .await;
     let granted = can_i("aliyun-acr-credential-helper");
     let extra: Vec<&String> = granted.difference(&baseline).collect();
     let documented = [
@@ -215,14 +230,17 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
     );
 
     // The controller, run with the chart's ServiceAccount token (not admin), does its whole job.
-    let dir = std::env::temp_dir().join(format!("acr-helper-chart-{}", release_ns.name));
+    let dir = std::env::temp_dir().join(format!("acr-helper-chart-{}", release_ns_name));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-    let kubeconfig = chart_identity_kubeconfig(&release_ns.name, &dir).await;
+    let kubeconfig = chart_identity_kubeconfig(&release_ns_name, &dir).await;
     let log = std::fs::File::create(dir.join("controller.log")).unwrap_or_else(|e| panic!("{e}"));
+    let webhook_port = support::harness::free_port();
+    let webhook_addr = format!("127.0.0.1:{webhook_port}");
+    let webhook_url = format!("https://127.0.0.1:{webhook_port}/mutate");
     let mut controller = Command::new(BINARY)
         .args([
             "--config-namespace",
-            &release_ns.name,
+            &release_ns_name,
             "--token-mode",
             "workerRole",
             "--region",
@@ -235,6 +253,14 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
             &fake.url,
             "--metrics-addr",
             "127.0.0.1:0",
+            "--webhook-addr",
+            &webhook_addr,
+            "--webhook-url",
+            &webhook_url,
+            "--webhook-cert-sans",
+            "127.0.0.1",
+            "--webhook-configuration",
+            &webhook_name,
             "--log-format",
             "plain",
         ])
@@ -272,7 +298,23 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
     )
     .await;
 
-    // helm upgrade with changed values changes the ConfigMap, and the running controller follows.
+    // helm upgrade with changed values changes the ConfigMap, and the running controller follows
+    // (including registering the webhook, under the chart's RBAC).
+    ok(
+        helm(&[
+            "upgrade",
+            &release,
+            CHART,
+            "-n",
+            &release_ns_name,
+            "--reuse-values",
+            "--set",
+            "acrConfiguration.serviceAccount=builder",
+            "--set",
+            "acrConfiguration.webhook.enable=true",
+        ]),
+        "helm upgrade",
+    );
     Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ws.name)
         .create(
             &Default::default(),
@@ -281,20 +323,17 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    ok(
-        helm(&[
-            "upgrade",
-            &release,
-            CHART,
-            "-n",
-            &release_ns.name,
-            "--reuse-values",
-            "--set",
-            "acrConfiguration.serviceAccount=builder",
-        ]),
-        "helm upgrade",
-    );
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), &release_ns.name)
+    let mwcs =
+        Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+            client.clone(),
+        );
+    wait_until(
+        Duration::from_secs(30),
+        "the webhook registration",
+        || async { mwcs.get_opt(&webhook_name).await.ok().flatten().is_some() },
+    )
+    .await;
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &release_ns_name)
         .get("acr-configuration")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -316,15 +355,19 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
 
     // helm uninstall, then cleanup: no ServiceAccount refers to a missing Secret.
     ok(
-        helm(&["uninstall", &release, "-n", &release_ns.name]),
+        helm(&["uninstall", &release, "-n", &release_ns_name]),
         "helm uninstall",
     );
     let out = Command::new(BINARY)
-        .arg("cleanup")
+        .args(["--webhook-configuration", &webhook_name, "cleanup"])
         .env("KUBECONFIG", &cp.kubeconfig)
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     ok(out, "cleanup");
+    assert!(
+        mwcs.get_opt(&webhook_name).await.ok().flatten().is_none(),
+        "cleanup left the webhook"
+    );
     let all = Api::<k8s_openapi::api::core::v1::ServiceAccount>::all(client.clone())
         .list(&Default::default())
         .await
