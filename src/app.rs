@@ -223,15 +223,23 @@ async fn run(args: Args) -> Result<(), AppError> {
         webhook: args.webhook.settings(),
     };
     // Every replica serves the webhook, from its own watches.
-    let webhook = tokio::spawn(crate::webhook::runtime::serve(
-        client.clone(),
-        args.webhook.settings(),
-        settings.config_namespace.clone(),
-        settings.config_name.clone(),
-        settings.region.clone(),
-        settings.secret_name.clone(),
-        until_true(stop_rx.clone()),
-    ));
+    let webhook = tokio::spawn({
+        let serving = crate::webhook::runtime::serve(
+            client.clone(),
+            args.webhook.settings(),
+            settings.config_namespace.clone(),
+            settings.config_name.clone(),
+            settings.region.clone(),
+            settings.secret_name.clone(),
+            until_true(stop_rx.clone()),
+        );
+        let addr = args.webhook.webhook_addr;
+        async move {
+            if let Err(e) = serving.await {
+                tracing::error!(%addr, error = %e, "cannot serve the admission webhook");
+            }
+        }
+    });
 
     if !args.run.leader_elect {
         metrics.leader.set(1);
@@ -292,10 +300,8 @@ async fn run(args: Args) -> Result<(), AppError> {
             Err(e) => tracing::warn!(error = %e, "leader election task failed"),
         }
     }
-    match webhook.await {
-        Ok(Err(e)) => tracing::warn!(error = %e, "the webhook server failed"),
-        Err(e) => tracing::warn!(error = %e, "the webhook task failed"),
-        Ok(Ok(())) => {}
+    if let Err(e) = webhook.await {
+        tracing::warn!(error = %e, "the webhook task failed");
     }
     let _ = server.await;
     Ok(())

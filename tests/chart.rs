@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -100,32 +99,6 @@ fn the_rendered_config_map_passes_check_config() {
         let _ = std::fs::remove_file(&file);
         ok(out, "check-config of the rendered ConfigMap");
     }
-}
-
-/// The chart's own ServiceAccount token, as a kubeconfig the controller can use.
-async fn chart_identity_kubeconfig(ns: &str, dir: &std::path::Path) -> PathBuf {
-    let cp = control_plane();
-    let client = cp.client().await;
-    let token =
-        support::service_account_token(&client, ns, "aliyun-acr-credential-helper", &[], 3600)
-            .await;
-    let cfg = cp.config().await;
-    let ca = cp
-        .dir
-        .as_ref()
-        .map(|d| d.join("pki/ca.crt"))
-        .unwrap_or_else(|| panic!("needs our control plane"));
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: chart\n  user:\n    token: {token}\ncontexts:\n- name: local\n  context:\n    cluster: local\n    user: chart\ncurrent-context: local\n",
-            cfg.cluster_url.to_string().trim_end_matches('/'),
-            ca.display()
-        ),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    path
 }
 
 #[tokio::test]
@@ -232,7 +205,13 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
     // The controller, run with the chart's ServiceAccount token (not admin), does its whole job.
     let dir = std::env::temp_dir().join(format!("acr-helper-chart-{}", release_ns_name));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-    let kubeconfig = chart_identity_kubeconfig(&release_ns_name, &dir).await;
+    let kubeconfig = dir.join("kubeconfig");
+    support::service_account_kubeconfig(
+        &release_ns_name,
+        "aliyun-acr-credential-helper",
+        &kubeconfig,
+    )
+    .await;
     let log = std::fs::File::create(dir.join("controller.log")).unwrap_or_else(|e| panic!("{e}"));
     let webhook_port = support::harness::free_port();
     let webhook_addr = format!("127.0.0.1:{webhook_port}");
@@ -358,12 +337,7 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
         helm(&["uninstall", &release, "-n", &release_ns_name]),
         "helm uninstall",
     );
-    let out = Command::new(BINARY)
-        .args(["--webhook-configuration", &webhook_name, "cleanup"])
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    ok(out, "cleanup");
+    support::run_cleanup(&["--webhook-configuration", &webhook_name]);
     assert!(
         mwcs.get_opt(&webhook_name).await.ok().flatten().is_none(),
         "cleanup left the webhook"

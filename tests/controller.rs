@@ -138,16 +138,7 @@ async fn selection_of_namespaces_and_service_accounts_follows_the_config() {
     assert!(!h.has_reference(&a.name, "late").await);
 
     // Leave nothing behind in the shared namespace.
-    let out = std::process::Command::new(BINARY)
-        .args(["--secret-name", &h.secret_name, "cleanup"])
-        .env("KUBECONFIG", &support::control_plane().kubeconfig)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::run_cleanup(&["--secret-name", &h.secret_name]);
 }
 
 #[tokio::test]
@@ -684,16 +675,7 @@ async fn narrowing_cleanup_and_deleting_the_config() {
     drop(c);
 
     // cleanup removes everything of ours and nothing else.
-    let out = std::process::Command::new(BINARY)
-        .args(["--secret-name", &h.secret_name, "cleanup"])
-        .env("KUBECONFIG", &support::control_plane().kubeconfig)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::run_cleanup(&["--secret-name", &h.secret_name]);
     assert!(!h.secret_exists(&a.name).await);
     assert!(!h.has_reference(&a.name, "default").await);
     let labeled = Api::<Secret>::all(h.client.clone())

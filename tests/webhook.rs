@@ -203,22 +203,12 @@ async fn new_service_accounts_are_created_with_the_reference() {
         .unwrap_or_else(|e| panic!("ServiceAccount creation failed with the webhook down: {e}"));
 
     // cleanup removes the registration too.
-    let out = std::process::Command::new(support::harness::BINARY)
-        .args([
-            "--secret-name",
-            &h.secret_name,
-            "--webhook-configuration",
-            &name,
-            "cleanup",
-        ])
-        .env("KUBECONFIG", &support::control_plane().kubeconfig)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::run_cleanup(&[
+        "--secret-name",
+        &h.secret_name,
+        "--webhook-configuration",
+        &name,
+    ]);
     assert!(mwcs.get_opt(&name).await.ok().flatten().is_none());
     let _ = mwcs.delete(&name, &DeleteParams::default()).await;
 }

@@ -138,32 +138,15 @@ impl Harness {
             )
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let token = super::service_account_token(
-            &client,
-            &config_ns.name,
-            "aliyun-acr-credential-helper",
-            &[],
-            3 * 3600,
-        )
-        .await;
         let dir = std::env::temp_dir().join(format!("acr-helper-e2e-{}", config_ns.name));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-        let cfg = cp.config().await;
-        let ca = cp
-            .dir
-            .as_ref()
-            .map(|d| d.join("pki/ca.crt"))
-            .unwrap_or_else(|| panic!("needs our control plane"));
         let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(
+        super::service_account_kubeconfig(
+            &config_ns.name,
+            "aliyun-acr-credential-helper",
             &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: helper\n  user:\n    token: {token}\ncontexts:\n- name: local\n  context:\n    cluster: local\n    user: helper\ncurrent-context: local\n",
-                cfg.cluster_url.to_string().trim_end_matches('/'),
-                ca.display()
-            ),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .await;
         Harness {
             client,
             fake,

@@ -267,3 +267,42 @@ pub async fn service_account_token(
         .and_then(|s| s.token)
         .unwrap_or_else(|| panic!("TokenRequest for {ns}/{sa} returned no token"))
 }
+
+/// A kubeconfig at `path` that authenticates as `ns/sa` with a TokenRequest token: how the
+/// controller runs with a ServiceAccount's own permissions (and shows as that user in the audit
+/// log).
+pub async fn service_account_kubeconfig(ns: &str, sa: &str, path: &Path) {
+    let cp = control_plane();
+    let client = cp.client().await;
+    let token = service_account_token(&client, ns, sa, &[], 3 * 3600).await;
+    let cfg = cp.config().await;
+    let ca = cp
+        .dir
+        .as_ref()
+        .map(|d| d.join("pki/ca.crt"))
+        .unwrap_or_else(|| panic!("needs our control plane's CA"));
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: {sa}\n  user:\n    token: {token}\ncontexts:\n- name: local\n  context:\n    cluster: local\n    user: {sa}\ncurrent-context: local\n",
+            cfg.cluster_url.to_string().trim_end_matches('/'),
+            ca.display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Runs the binary's `cleanup` as admin with `flags` before it; panics unless it succeeds.
+pub fn run_cleanup(flags: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_aliyun-acr-credential-helper"))
+        .args(flags)
+        .arg("cleanup")
+        .env("KUBECONFIG", &control_plane().kubeconfig)
+        .output()
+        .unwrap_or_else(|e| panic!("cleanup: {e}"));
+    assert!(
+        out.status.success(),
+        "cleanup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
