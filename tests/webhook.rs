@@ -194,6 +194,38 @@ async fn new_service_accounts_are_created_with_the_reference() {
     )
     .await;
 
+    // A new certificate in the Secret (here from a new CA, as a full rotation would be) is picked
+    // up by the running replica without a restart: a client trusting only the new CA connects.
+    let rotated =
+        acr_helper::webhook::certs::generate(&["127.0.0.1".to_owned()], jiff::Timestamp::now())
+            .unwrap_or_else(|e| panic!("{e}"));
+    let secrets = Api::<Secret>::namespaced(h.client.clone(), &h.config_ns.name);
+    let mut tls = secrets
+        .get(tls_secret)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tls.data = Some(rotated.data());
+    secrets
+        .replace(tls_secret, &PostParams::default(), &tls)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let trusts_new_ca = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(rotated.ca_cert.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"))])
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_until(
+        Duration::from_secs(30),
+        "the standby to serve the rotated certificate",
+        || {
+            let client = trusts_new_ca.clone();
+            let review = review.clone();
+            let standby_url = standby_url.clone();
+            async move { client.post(&standby_url).json(&review).send().await.is_ok() }
+        },
+    )
+    .await;
+
     // With the webhook process gone and failurePolicy Ignore, creation still succeeds.
     leader.kill();
     drop(_standby);
