@@ -53,7 +53,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics, /livez, /readyz");
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /livez, /readyz");
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
