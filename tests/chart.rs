@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
-use serde_json::json;
 use support::fake_cloud::{FakeCloud, default_config};
 use support::harness::BINARY;
 use support::{TestNamespace, control_plane, repo_root, wait_until};
@@ -163,14 +162,7 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
             .collect::<std::collections::BTreeSet<String>>()
     };
     let nobody = format!("nobody-{:08x}", rand::random::<u32>());
-    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &release_ns_name)
-        .create(
-            &Default::default(),
-            &serde_json::from_value(json!({"metadata": {"name": nobody}}))
-                .unwrap_or_else(|e| panic!("{e}")),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    support::create_service_account(&client, &release_ns_name, &nobody, &[]).await;
     let baseline = can_i(&nobody);
     let _ = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
         client.clone(),
@@ -294,14 +286,7 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
         ]),
         "helm upgrade",
     );
-    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ws.name)
-        .create(
-            &Default::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "builder"}}))
-                .unwrap_or_else(|e| panic!("{e}")),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    support::create_service_account(&client, &ws.name, "builder", &[]).await;
     let mwcs =
         Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
             client.clone(),

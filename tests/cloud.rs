@@ -17,9 +17,9 @@ use acr_helper::credentials::{
     InstanceRef, Registry, RrsaRole,
 };
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::PostParams;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use support::fake_cloud::*;
@@ -260,19 +260,7 @@ async fn rrsa_with_a_real_service_account_token_from_the_api_server() {
     );
     fake_config["roles"][RRSA_ROLE_ARN]["oidc_trust"]["subjects"] = json!([subject]);
     let fake = FakeCloud::start(&fake_config);
-    let sas = Api::<ServiceAccount>::namespaced(client.clone(), &ns.name);
-    sas.create(
-        &PostParams::default(),
-        &ServiceAccount {
-            metadata: ObjectMeta {
-                name: Some("aliyun-acr-credential-helper".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    support::create_service_account(&client, &ns.name, "aliyun-acr-credential-helper", &[]).await;
     let token = |aud: &'static str| {
         let client = client.clone();
         let ns = ns.name.clone();

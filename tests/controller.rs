@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{LocalObjectReference, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{LocalObjectReference, Secret};
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -20,27 +20,7 @@ const ENTERPRISE_DOMAINS: [&str; 2] = [
 ];
 
 async fn create_sa(client: &Client, ns: &str, name: &str, pull_secrets: &[&str]) {
-    Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &ServiceAccount {
-                metadata: ObjectMeta {
-                    name: Some(name.into()),
-                    ..Default::default()
-                },
-                image_pull_secrets: (!pull_secrets.is_empty()).then(|| {
-                    pull_secrets
-                        .iter()
-                        .map(|n| LocalObjectReference {
-                            name: (*n).to_owned(),
-                        })
-                        .collect()
-                }),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("create {ns}/{name}: {e}"));
+    support::create_service_account(client, ns, name, pull_secrets).await;
 }
 
 /// Every login in the Secret works at the fake registry right now.

@@ -101,19 +101,13 @@ impl Harness {
         let client = cp.client().await;
         let config_ns = TestNamespace::create(&client, prefix).await;
         let fake = FakeCloud::start(fake_config);
-        let sas = Api::<ServiceAccount>::namespaced(client.clone(), &config_ns.name);
-        sas.create(
-            &PostParams::default(),
-            &ServiceAccount {
-                metadata: ObjectMeta {
-                    name: Some("aliyun-acr-credential-helper".into()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
+        super::create_service_account(
+            &client,
+            &config_ns.name,
+            "aliyun-acr-credential-helper",
+            &[],
         )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .await;
         let binding = format!("acr-helper-test-{}", config_ns.name);
         Api::<ClusterRoleBinding>::all(client.clone())
             .create(

@@ -306,3 +306,33 @@ pub fn run_cleanup(flags: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Creates the ServiceAccount `ns/name` with the given `imagePullSecrets` and returns it as the
+/// API server answered (after any admission webhook).
+pub async fn create_service_account(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    pull_secrets: &[&str],
+) -> k8s_openapi::api::core::v1::ServiceAccount {
+    use k8s_openapi::api::core::v1::{LocalObjectReference, ServiceAccount};
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        image_pull_secrets: (!pull_secrets.is_empty()).then(|| {
+            pull_secrets
+                .iter()
+                .map(|n| LocalObjectReference {
+                    name: (*n).to_owned(),
+                })
+                .collect()
+        }),
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap_or_else(|e| panic!("create ServiceAccount {ns}/{name}: {e}"))
+}
