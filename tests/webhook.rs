@@ -46,20 +46,24 @@ async fn new_service_accounts_are_created_with_the_reference() {
     let url = format!("https://127.0.0.1:{port}/mutate");
     let addr = format!("127.0.0.1:{port}");
     let tls_secret = "webhook-tls";
-    let mut leader = h.start(&[
-        "--token-mode",
-        "workerRole",
-        "--webhook-addr",
-        &addr,
-        "--webhook-url",
-        &url,
-        "--webhook-cert-sans",
-        "127.0.0.1",
-        "--webhook-configuration",
-        &name,
-        "--webhook-tls-secret",
-        tls_secret,
-    ]);
+    // A replica serving the webhook on `addr`; every replica registers the same URL.
+    let replica = |addr: &str| {
+        h.start(&[
+            "--token-mode",
+            "workerRole",
+            "--webhook-addr",
+            addr,
+            "--webhook-url",
+            &url,
+            "--webhook-cert-sans",
+            "127.0.0.1",
+            "--webhook-configuration",
+            &name,
+            "--webhook-tls-secret",
+            tls_secret,
+        ])
+    };
+    let mut leader = replica(&addr);
     h.apply_config(&[
         ("watch-namespace", watched.name.as_str()),
         ("service-account", "*"),
@@ -134,20 +138,7 @@ async fn new_service_accounts_are_created_with_the_reference() {
     // Every replica serves it, not only the leader: ask a standby directly over TLS.
     let standby_port = free_port();
     let standby_addr = format!("127.0.0.1:{standby_port}");
-    let _standby = h.start(&[
-        "--token-mode",
-        "workerRole",
-        "--webhook-addr",
-        &standby_addr,
-        "--webhook-url",
-        &url,
-        "--webhook-cert-sans",
-        "127.0.0.1",
-        "--webhook-configuration",
-        &name,
-        "--webhook-tls-secret",
-        tls_secret,
-    ]);
+    let _standby = replica(&standby_addr);
     let tls = Api::<Secret>::namespaced(h.client.clone(), &h.config_ns.name)
         .get(tls_secret)
         .await

@@ -292,9 +292,16 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Erro
             result: label.to_owned(),
         })
         .inc();
+    // Only pull Secrets: the webhook's certificate Secret carries the label too.
+    let managed = ctx
+        .secrets
+        .state()
+        .iter()
+        .filter(|s| s.metadata.name.as_deref() == Some(ctx.settings.secret_name.as_str()))
+        .count();
     ctx.metrics
         .secrets_managed
-        .set(i64::try_from(ctx.secrets.state().len()).unwrap_or(i64::MAX));
+        .set(i64::try_from(managed).unwrap_or(i64::MAX));
     if result.is_ok() {
         ctx.failures
             .lock()
@@ -410,6 +417,7 @@ async fn apply_config(ctx: &Context, cm: Option<&ConfigMap>, trigger: &mpsc::Unb
             ctx.registry.chain().set_threshold(next.expiring_threshold);
             let keep: Vec<_> = next.instances.iter().map(Instance::instance_ref).collect();
             ctx.registry.retain(|r| keep.contains(r));
+            ctx.domains.retain(|r| keep.contains(r));
             tracing::info!(
                 instances = next.instances.len(),
                 namespaces = ?next.namespaces,
