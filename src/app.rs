@@ -1,15 +1,14 @@
 //! The binary's commands: `run` (the controller, with leader election, metrics and probes),
-//! `cleanup`, and `check-config`.
+//! `cleanup`, and `check-config`. Process-wide set-up (the TLS crypto provider, logging) is done
+//! by the binary's entry point before any of these runs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::runtime::events::Reporter;
 use kube::{Api, Client};
-use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::watch;
 
 use crate::aliyun::cr::Cr;
@@ -19,8 +18,12 @@ use crate::aliyun::sts::Sts;
 use crate::aliyun::{CloudError, is_region_id};
 use crate::cli::{Args, Command};
 use crate::config;
-use crate::controller::{self, Readiness, Settings, Wiring};
+use crate::config_source::{self, SourceSettings};
+use crate::controller::cleanup::{CLEANUP_TIMEOUT, CleanupSettings};
+use crate::controller::{self, Readiness, Settings, Shared};
 use crate::credentials::{BaseIdentity, Chain, Registry, TokenMode};
+use crate::index::SharedIndex;
+use crate::leader::{Elector, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,56 +36,80 @@ pub enum AppError {
     KubeConfig(String),
     #[error(transparent)]
     Cloud(#[from] CloudError),
-    #[error("leader election: {0}")]
-    Lease(String),
     #[error("serving probes and metrics: {0}")]
     Server(#[from] std::io::Error),
     #[error(transparent)]
     Controller(#[from] controller::Error),
+    #[error("cleanup did not finish within {0:?}")]
+    CleanupTimeout(Duration),
 }
 
 /// Runs the command the arguments name; returns the process exit code.
 pub async fn main(args: Args) -> Result<i32, AppError> {
     match args.command.clone().unwrap_or(Command::Run) {
         Command::CheckConfig { file } => Ok(check_config(&file, args.kube.region.as_deref())),
-        Command::Cleanup => {
-            crate::telemetry::init(&args.log).map_err(AppError::Usage)?;
-            let client = kube_client().await?;
-            let webhook =
-                crate::webhook::runtime::remove(&client, &args.webhook.webhook_configuration)
-                    .await?;
-            let (refs, secrets) =
-                controller::cleanup(client, &args.kube.secret_name, &Metrics::new()).await?;
-            println!(
-                "removed {refs} imagePullSecrets reference(s), {secrets} Secret(s){}",
-                if webhook {
-                    " and the MutatingWebhookConfiguration"
-                } else {
-                    ""
-                }
-            );
-            Ok(0)
-        }
+        Command::Cleanup => cleanup(args).await,
         Command::Run => {
-            crate::telemetry::init(&args.log).map_err(AppError::Usage)?;
             run(args).await?;
             Ok(0)
         }
     }
 }
 
-/// The user agent of every request to the API server (it shows in audit logs).
-pub const USER_AGENT: &str = concat!("aliyun-acr-credential-helper/", env!("CARGO_PKG_VERSION"));
+/// The user agent of every request to the API server (it shows in audit logs): the version and
+/// the replica's identity, so the audit log tells replicas apart.
+pub fn user_agent(identity: &str) -> String {
+    format!(
+        "aliyun-acr-credential-helper/{} ({identity})",
+        env!("CARGO_PKG_VERSION")
+    )
+}
 
-async fn kube_client() -> Result<Client, AppError> {
-    let mut config = kube::Config::infer()
+async fn kube_config() -> Result<kube::Config, AppError> {
+    kube::Config::infer()
         .await
-        .map_err(|e| AppError::KubeConfig(e.to_string()))?;
-    config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_static(USER_AGENT),
-    ));
+        .map_err(|e| AppError::KubeConfig(e.to_string()))
+}
+
+/// A client with a connection pool of its own.
+fn client(
+    config: &kube::Config,
+    identity: &str,
+    read_timeout: Option<Duration>,
+) -> Result<Client, AppError> {
+    let mut config = config.clone();
+    let ua = http::HeaderValue::from_str(&user_agent(identity))
+        .map_err(|e| AppError::Usage(format!("--identity {identity:?}: {e}")))?;
+    config.headers.push((http::header::USER_AGENT, ua));
+    if read_timeout.is_some() {
+        config.read_timeout = read_timeout;
+    }
     Client::try_from(config).map_err(AppError::Kube)
+}
+
+fn identity(args: &Args, prefix: &str) -> String {
+    args.run.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "aliyun-acr-credential-helper".into());
+        format!("{prefix}{host}-{:08x}", rand::random::<u32>())
+    })
+}
+
+fn lease_config(args: &Args, identity: String) -> LeaseConfig {
+    LeaseConfig {
+        namespace: args
+            .run
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| args.kube.config_namespace.clone()),
+        name: args.run.lease_name.clone(),
+        identity,
+        duration: args.run.lease_duration.max(Duration::from_secs(2)),
+        grace: args.run.lease_grace.max(Duration::from_secs(1)),
+        retry: args.run.lease_retry_period.max(Duration::from_millis(200)),
+    }
+    .with_sane_retry()
 }
 
 /// A future that resolves on SIGTERM or Ctrl-C.
@@ -108,7 +135,7 @@ async fn termination() {
     }
 }
 
-// Not an `async fn`: the controller's shutdown trigger must be `Sync`, which only this form states.
+// Not an `async fn`: a shutdown trigger must be `Sync`, which only this form states.
 #[allow(clippy::manual_async_fn)]
 fn until_true(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync + 'static {
     async move {
@@ -116,8 +143,51 @@ fn until_true(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send 
     }
 }
 
+async fn cleanup(args: Args) -> Result<i32, AppError> {
+    let config = kube_config().await?;
+    let identity = identity(&args, "cleanup-");
+    let writes = client(&config, &identity, None)?;
+    let lease = client(&config, &identity, Some(Duration::from_secs(5)))?;
+    let settings = CleanupSettings {
+        config_namespace: args.kube.config_namespace.clone(),
+        config_name: args.kube.config_name.clone(),
+        secret_name: args.kube.secret_name.clone(),
+        last_config_secret: args.kube.last_config_secret.clone(),
+        webhook_configuration: args.webhook.webhook_configuration.clone(),
+        webhook_tls_secret: args.webhook.webhook_tls_secret.clone(),
+        lease: lease_config(&args, identity),
+    };
+    let work = controller::cleanup::cleanup(writes, lease, &settings, Arc::new(Metrics::new()));
+    let report = tokio::time::timeout(CLEANUP_TIMEOUT, work)
+        .await
+        .map_err(|_| AppError::CleanupTimeout(CLEANUP_TIMEOUT))??;
+    println!(
+        "removed {} imagePullSecrets reference(s), {} Secret(s){}",
+        report.references,
+        report.secrets,
+        if report.webhook {
+            " and the MutatingWebhookConfiguration"
+        } else {
+            ""
+        }
+    );
+    Ok(0)
+}
+
 async fn run(args: Args) -> Result<(), AppError> {
-    let client = kube_client().await?;
+    let kube = kube_config().await?;
+    let identity = identity(&args, "");
+    let lease_cfg = lease_config(&args, identity.clone());
+    // Watches, writes and the Lease each have a connection pool of their own: a burst of writes
+    // never delays a renewal, and a write never waits behind a watch.
+    let watches = client(&kube, &identity, None)?;
+    let writes = client(
+        &kube,
+        &identity,
+        Some(lease_cfg.grace.max(Duration::from_secs(2))),
+    )?;
+    let lease_client = client(&kube, &identity, Some(lease_cfg.renew_deadline()))?;
+
     let endpoints = args.cloud.endpoints()?;
     let metrics = Arc::new(Metrics::new());
     let observer: CallObserver = {
@@ -149,7 +219,7 @@ async fn run(args: Args) -> Result<(), AppError> {
 
     let mode = match args.run.token_mode {
         TokenMode::Auto => {
-            let created = Api::<Namespace>::all(client.clone())
+            let created = Api::<Namespace>::all(watches.clone())
                 .get("kube-system")
                 .await?
                 .metadata
@@ -168,7 +238,7 @@ async fn run(args: Args) -> Result<(), AppError> {
                 AppError::Usage("--addon-token-secret must be namespace/name".into())
             })?;
             BaseIdentity::ManagedRole {
-                secrets: Api::<Secret>::namespaced(client.clone(), ns),
+                secrets: Api::<Secret>::namespaced(writes.clone(), ns),
                 name: name.to_owned(),
                 reread: Duration::from_secs(300),
             }
@@ -185,19 +255,28 @@ async fn run(args: Args) -> Result<(), AppError> {
         Cr::new(http, endpoints.cr_template.clone()),
     ));
 
-    let identity = args.run.identity.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "aliyun-acr-credential-helper".into());
-        format!("{host}-{:08x}", rand::random::<u32>())
-    });
     let settings = Settings {
         config_namespace: args.kube.config_namespace.clone(),
         config_name: args.kube.config_name.clone(),
         secret_name: args.kube.secret_name.clone(),
-        region,
+        last_config_secret: args.kube.last_config_secret.clone(),
+        workers: usize::from(args.run.workers),
     };
-    let readiness = Arc::new(Readiness::default());
+
+    // Every replica: the index, the configuration in force, the webhook, probes and metrics.
+    let index = Arc::new(SharedIndex::default());
+    let watch_tasks = crate::watches::spawn(watches.clone(), index.clone(), &settings.secret_name);
+    let (view, source_task) = config_source::spawn(
+        watches.clone(),
+        SourceSettings {
+            namespace: settings.config_namespace.clone(),
+            configmap: settings.config_name.clone(),
+            last_config_secret: settings.last_config_secret.clone(),
+            region,
+        },
+        metrics.clone(),
+    );
+    let readiness = Arc::new(Readiness::new(index.clone(), view.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -210,26 +289,13 @@ async fn run(args: Args) -> Result<(), AppError> {
         crate::server::router(metrics.clone(), readiness.clone()),
         until_true(stop_rx.clone()),
     ));
-
-    let wiring = || Wiring {
-        client: client.clone(),
-        registry: registry.clone(),
-        settings: settings.clone(),
-        metrics: metrics.clone(),
-        reporter: Reporter {
-            controller: "aliyun-acr-credential-helper".into(),
-            instance: Some(identity.clone()),
-        },
-        webhook: args.webhook.settings(),
-    };
-    // Every replica serves the webhook, from its own watches.
     let webhook = tokio::spawn({
         let serving = crate::webhook::runtime::serve(
-            client.clone(),
+            watches.clone(),
             args.webhook.settings(),
             settings.config_namespace.clone(),
-            settings.config_name.clone(),
-            settings.region.clone(),
+            view.clone(),
+            index.clone(),
             settings.secret_name.clone(),
             until_true(stop_rx.clone()),
         );
@@ -241,65 +307,63 @@ async fn run(args: Args) -> Result<(), AppError> {
         }
     });
 
+    let shared = Arc::new(Shared {
+        client: writes,
+        index,
+        view,
+        registry,
+        metrics: metrics.clone(),
+        settings,
+        webhook: args.webhook.settings(),
+        readiness,
+        reporter: Reporter {
+            controller: "aliyun-acr-credential-helper".into(),
+            instance: Some(identity.clone()),
+        },
+    });
+
+    let mut stop = stop_rx.clone();
     if !args.run.leader_elect {
-        metrics.leader.set(1);
-        controller::run(wiring(), readiness.clone(), until_true(stop_rx.clone())).await;
+        tokio::select! {
+            _ = controller::lead(shared, Leadership::always()) => {},
+            _ = stop.wait_for(|v| *v) => {},
+        }
     } else {
-        let lease_ns = args
-            .run
-            .lease_namespace
-            .clone()
-            .unwrap_or_else(|| args.kube.config_namespace.clone());
-        let manager = LeaseManagerBuilder::new(client.clone(), &args.run.lease_name)
-            .with_namespace(&lease_ns)
-            .with_identity(&identity)
-            .with_duration(args.run.lease_duration.as_secs().max(2))
-            .with_grace(args.run.lease_grace.as_secs().max(1))
-            .build()
-            .await
-            .map_err(|e| AppError::Lease(e.to_string()))?;
-        let (mut leader_rx, lease_task) = manager.watch().await;
-        tracing::info!(lease = %args.run.lease_name, namespace = %lease_ns, %identity, "waiting for leadership");
-        readiness.standby.store(true, Ordering::Relaxed);
-        let mut stop = stop_rx.clone();
+        let leadership = Leadership::new();
+        let mut terms = leadership.subscribe();
+        tracing::info!(lease = %lease_cfg.name, namespace = %lease_cfg.namespace, %identity, "waiting for leadership");
+        let elector = tokio::spawn(
+            Elector::new(lease_client, lease_cfg, leadership.clone())
+                .run(until_true(stop_rx.clone())),
+        );
         loop {
             tokio::select! {
                 _ = stop.wait_for(|v| *v) => break,
-                changed = leader_rx.wait_for(|l| *l) => if changed.is_err() { break },
+                started = terms.wait_for(|leading| *leading) => if started.is_err() { break },
             }
-            tracing::info!(%identity, "became the leader");
-            metrics.leader.set(1);
-            readiness.standby.store(false, Ordering::Relaxed);
-            let (lost_tx, lost_rx) = watch::channel(false);
-            let mut watch_leader = leader_rx.clone();
-            let mut watch_stop = stop_rx.clone();
-            let watcher = tokio::spawn(async move {
+            if !leadership.is_leader() {
+                // The last term's deadline passed and the elector has not said so yet.
                 tokio::select! {
-                    _ = watch_leader.wait_for(|l| !*l) => {},
-                    _ = watch_stop.wait_for(|v| *v) => {},
+                    _ = stop.wait_for(|v| *v) => break,
+                    _ = terms.changed() => {},
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {},
                 }
-                let _ = lost_tx.send(true);
-            });
-            controller::run(wiring(), readiness.clone(), until_true(lost_rx)).await;
-            watcher.abort();
-            metrics.leader.set(0);
-            readiness.standby.store(true, Ordering::Relaxed);
+                continue;
+            }
+            controller::lead(shared.clone(), leadership.clone()).await;
             if *stop_rx.borrow() {
                 break;
             }
             tracing::warn!(%identity, "lost leadership; standing by");
         }
-        drop(leader_rx);
-        match lease_task.await {
-            Ok(Ok(manager)) => {
-                if let Err(e) = manager.release().await {
-                    tracing::warn!(error = %e, "could not release the Lease");
-                }
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "leader election ended with an error"),
-            Err(e) => tracing::warn!(error = %e, "leader election task failed"),
+        if let Err(e) = elector.await {
+            tracing::warn!(error = %e, "leader election task failed");
         }
     }
+    for t in watch_tasks {
+        t.abort();
+    }
+    source_task.abort();
     if let Err(e) = webhook.await {
         tracing::warn!(error = %e, "the webhook task failed");
     }

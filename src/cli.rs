@@ -43,32 +43,49 @@ pub struct Args {
 #[derive(Debug, Clone, ClapArgs)]
 pub struct WebhookArgs {
     /// Address every replica serves the webhook on (HTTPS).
-    #[arg(long, env = "ACR_HELPER_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    #[arg(
+        long,
+        global = true,
+        env = "ACR_HELPER_WEBHOOK_ADDR",
+        default_value = "0.0.0.0:9443"
+    )]
     pub webhook_addr: std::net::SocketAddr,
 
     /// The Service in front of the replicas, in the configuration namespace.
     #[arg(
         long,
+        global = true,
         env = "ACR_HELPER_WEBHOOK_SERVICE",
         default_value = "aliyun-acr-credential-helper"
     )]
     pub webhook_service: String,
 
     /// The Service's webhook port.
-    #[arg(long, env = "ACR_HELPER_WEBHOOK_SERVICE_PORT", default_value_t = 443)]
+    #[arg(
+        long,
+        global = true,
+        env = "ACR_HELPER_WEBHOOK_SERVICE_PORT",
+        default_value_t = 443
+    )]
     pub webhook_service_port: i32,
 
     /// Register this URL instead of the Service (for a controller running outside the cluster).
-    #[arg(long, env = "ACR_HELPER_WEBHOOK_URL")]
+    #[arg(long, global = true, env = "ACR_HELPER_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
 
     /// Extra names or IP addresses for the serving certificate, comma-separated.
-    #[arg(long, env = "ACR_HELPER_WEBHOOK_CERT_SANS", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "ACR_HELPER_WEBHOOK_CERT_SANS",
+        value_delimiter = ','
+    )]
     pub webhook_cert_sans: Vec<String>,
 
     /// Name of the MutatingWebhookConfiguration.
     #[arg(
         long,
+        global = true,
         env = "ACR_HELPER_WEBHOOK_CONFIGURATION",
         default_value = "aliyun-acr-credential-helper"
     )]
@@ -77,10 +94,16 @@ pub struct WebhookArgs {
     /// Name of the Secret holding the webhook's CA and serving certificate (configuration namespace).
     #[arg(
         long,
+        global = true,
         env = "ACR_HELPER_WEBHOOK_TLS_SECRET",
         default_value = "aliyun-acr-credential-helper-webhook-tls"
     )]
     pub webhook_tls_secret: String,
+
+    /// How long a webhook client may take for the TLS handshake, and then for each request's
+    /// headers, before the connection is closed.
+    #[arg(long, global = true, env = "ACR_HELPER_WEBHOOK_CLIENT_TIMEOUT", default_value = "10s", value_parser = crate::duration::parse_duration)]
+    pub webhook_client_timeout: Duration,
 }
 
 impl WebhookArgs {
@@ -98,6 +121,7 @@ impl WebhookArgs {
                 .collect(),
             configuration_name: self.webhook_configuration.clone(),
             tls_secret: self.webhook_tls_secret.clone(),
+            client_timeout: self.webhook_client_timeout,
         }
     }
 }
@@ -106,8 +130,10 @@ impl WebhookArgs {
 pub enum Command {
     /// Run the controller (the default).
     Run,
-    /// Remove every imagePullSecrets reference and Secret this controller created, in every
-    /// namespace (run it after `helm uninstall`).
+    /// Remove every imagePullSecrets reference, Secret and webhook registration the controller
+    /// made. Works while replicas run: it marks the ConfigMap so they stand down (remove the
+    /// annotation aliyun-acr-credential-helper/cleanup to resume), takes the leader Lease, and
+    /// waits out the previous leader before removing anything. The chart runs it on uninstall.
     Cleanup,
     /// Validate an acr-configuration ConfigMap manifest offline, with the controller's messages.
     /// Exits 0 when usable, 1 when not.
@@ -123,6 +149,7 @@ pub struct KubeArgs {
     /// Namespace of the acr-configuration ConfigMap.
     #[arg(
         long,
+        global = true,
         env = "ACR_HELPER_CONFIG_NAMESPACE",
         default_value = "kube-system"
     )]
@@ -131,18 +158,29 @@ pub struct KubeArgs {
     /// Name of the ConfigMap.
     #[arg(
         long,
+        global = true,
         env = "ACR_HELPER_CONFIG_NAME",
         default_value = "acr-configuration"
     )]
     pub config_name: String,
 
     /// Name of the pull Secret written into every watched namespace.
-    #[arg(long, env = "ACR_HELPER_SECRET_NAME", default_value = DEFAULT_SECRET_NAME)]
+    #[arg(long, global = true, env = "ACR_HELPER_SECRET_NAME", default_value = DEFAULT_SECRET_NAME)]
     pub secret_name: String,
+
+    /// The Secret (in the ConfigMap's namespace) where the leader keeps the last accepted
+    /// configuration, so a rejected edit keeps it in force across restarts and failovers.
+    #[arg(
+        long,
+        global = true,
+        env = "ACR_HELPER_LAST_CONFIG_SECRET",
+        default_value = "aliyun-acr-credential-helper-last-config"
+    )]
+    pub last_config_secret: String,
 
     /// The cluster's region, the default region of instances (default: asked from the ECS
     /// metadata service).
-    #[arg(long, env = "ACR_HELPER_REGION")]
+    #[arg(long, global = true, env = "ACR_HELPER_REGION")]
     pub region: Option<String>,
 }
 
@@ -152,6 +190,7 @@ pub struct RunArgs {
     /// The cluster's own identity: managedRole, workerRole, or auto (by cluster age).
     #[arg(
         long,
+        global = true,
         env = "ACR_HELPER_TOKEN_MODE",
         value_enum,
         default_value = "auto"
@@ -161,41 +200,57 @@ pub struct RunArgs {
     /// The ACK managed-role addon token Secret, namespace/name.
     #[arg(
         long,
+        global = true,
         env = "ACR_HELPER_ADDON_TOKEN_SECRET",
         default_value = "kube-system/addon.aliyuncsmanagedacrrole.token"
     )]
     pub addon_token_secret: String,
 
     /// Address of /metrics, /livez and /readyz.
-    #[arg(long, env = "ACR_HELPER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "ACR_HELPER_METRICS_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
     pub metrics_addr: std::net::SocketAddr,
 
     /// Elect a leader on a Lease so that only one replica writes.
-    #[arg(long, env = "ACR_HELPER_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, global = true, env = "ACR_HELPER_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
 
     /// Name of the leader Lease.
     #[arg(
         long,
+        global = true,
         env = "ACR_HELPER_LEASE_NAME",
         default_value = "aliyun-acr-credential-helper"
     )]
     pub lease_name: String,
 
     /// Namespace of the leader Lease (default: the ConfigMap's namespace).
-    #[arg(long, env = "ACR_HELPER_LEASE_NAMESPACE")]
+    #[arg(long, global = true, env = "ACR_HELPER_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
 
     /// How long a leader holds the Lease without renewing it.
-    #[arg(long, env = "ACR_HELPER_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, global = true, env = "ACR_HELPER_LEASE_DURATION", default_value = "15s", value_parser = crate::duration::parse_duration)]
     pub lease_duration: Duration,
 
-    /// How long before the Lease runs out the leader renews it.
-    #[arg(long, env = "ACR_HELPER_LEASE_GRACE", default_value = "5s", value_parser = parse_duration)]
+    /// How long before another replica may take over a leader that could not renew stops
+    /// writing (its renew deadline is the lease duration minus this).
+    #[arg(long, global = true, env = "ACR_HELPER_LEASE_GRACE", default_value = "5s", value_parser = crate::duration::parse_duration)]
     pub lease_grace: Duration,
 
+    /// How often every replica reads the Lease, and the leader renews it.
+    #[arg(long, global = true, env = "ACR_HELPER_LEASE_RETRY_PERIOD", default_value = "2s", value_parser = crate::duration::parse_duration)]
+    pub lease_retry_period: Duration,
+
+    /// Namespaces the leader reconciles at once.
+    #[arg(long, global = true, env = "ACR_HELPER_WORKERS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
+
     /// This replica's identity in the Lease (default: the pod name from POD_NAME, or the host name).
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, global = true, env = "POD_NAME")]
     pub identity: Option<String>,
 }
 
@@ -211,6 +266,7 @@ pub struct LogArgs {
     /// json or plain.
     #[arg(
         long,
+        global = true,
         env = "ACR_HELPER_LOG_FORMAT",
         value_enum,
         default_value = "json"
@@ -218,7 +274,12 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 
     /// A level (error, warn, info, debug, trace) or a tracing filter such as `info,kube=warn`.
-    #[arg(long, env = "ACR_HELPER_LOG_LEVEL", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "ACR_HELPER_LOG_LEVEL",
+        default_value = "info"
+    )]
     pub log_level: String,
 }
 
@@ -226,36 +287,36 @@ pub struct LogArgs {
 #[derive(Debug, Clone, ClapArgs)]
 pub struct CloudArgs {
     /// STS endpoint (AssumeRole, AssumeRoleWithOIDC).
-    #[arg(long, env = "ACR_HELPER_STS_ENDPOINT", default_value = DEFAULT_STS_ENDPOINT)]
+    #[arg(long, global = true, env = "ACR_HELPER_STS_ENDPOINT", default_value = DEFAULT_STS_ENDPOINT)]
     pub sts_endpoint: String,
 
     /// Container Registry API endpoint; `{region}` is replaced by the instance's region.
-    #[arg(long, env = "ACR_HELPER_CR_ENDPOINT", default_value = DEFAULT_CR_ENDPOINT)]
+    #[arg(long, global = true, env = "ACR_HELPER_CR_ENDPOINT", default_value = DEFAULT_CR_ENDPOINT)]
     pub cr_endpoint: String,
 
     /// ECS metadata service (worker role credentials, region).
-    #[arg(long, env = "ACR_HELPER_METADATA_ENDPOINT", default_value = DEFAULT_METADATA_ENDPOINT)]
+    #[arg(long, global = true, env = "ACR_HELPER_METADATA_ENDPOINT", default_value = DEFAULT_METADATA_ENDPOINT)]
     pub metadata_endpoint: String,
 
     /// Refuse plain metadata requests when hardened mode (a session token) is unavailable.
-    #[arg(long, env = "ACR_HELPER_METADATA_HARDENED_ONLY")]
+    #[arg(long, global = true, env = "ACR_HELPER_METADATA_HARDENED_ONLY")]
     pub metadata_hardened_only: bool,
 
     /// The RRSA OIDC token file (a projected ServiceAccount token, audience sts.aliyuncs.com),
     /// re-read on every AssumeRoleWithOIDC.
-    #[arg(long, env = "ALIBABA_CLOUD_OIDC_TOKEN_FILE", default_value = DEFAULT_OIDC_TOKEN_FILE)]
+    #[arg(long, global = true, env = "ALIBABA_CLOUD_OIDC_TOKEN_FILE", default_value = DEFAULT_OIDC_TOKEN_FILE)]
     pub oidc_token_file: PathBuf,
 
     /// Connect timeout of cloud calls (e.g. 5s).
-    #[arg(long, env = "ACR_HELPER_CLOUD_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, global = true, env = "ACR_HELPER_CLOUD_CONNECT_TIMEOUT", default_value = "5s", value_parser = crate::duration::parse_duration)]
     pub cloud_connect_timeout: Duration,
 
     /// Timeout of one cloud request, sending to last byte (e.g. 10s).
-    #[arg(long, env = "ACR_HELPER_CLOUD_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, global = true, env = "ACR_HELPER_CLOUD_REQUEST_TIMEOUT", default_value = "10s", value_parser = crate::duration::parse_duration)]
     pub cloud_request_timeout: Duration,
 
     /// Attempts per cloud call, the first included; retries back off exponentially with jitter.
-    #[arg(long, env = "ACR_HELPER_CLOUD_MAX_ATTEMPTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10))]
+    #[arg(long, global = true, env = "ACR_HELPER_CLOUD_MAX_ATTEMPTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub cloud_max_attempts: u32,
 }
 
@@ -297,49 +358,6 @@ impl CloudArgs {
             },
         }
     }
-}
-
-/// Parses a Go-style duration: a sequence of `<number><unit>` with units `h`, `m`, `s`, `ms`
-/// (e.g. `15m`, `1h30m`, `90s`, `1.5h`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration".to_owned());
-    }
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
-            return Err(format!("{s:?}: expected a number at {rest:?}"));
-        }
-        let number: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("{s:?}: {:?} is not a number", &rest[..num_len]))?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let seconds = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            "" => return Err(format!("{s:?}: missing unit (h, m, s or ms)")),
-            other => return Err(format!("{s:?}: unknown unit {other:?} (use h, m, s or ms)")),
-        };
-        total += number * seconds;
-        rest = &rest[unit_len..];
-    }
-    if !total.is_finite() || total > 1e9 {
-        return Err(format!("{s:?}: too long"));
-    }
-    Ok(Duration::from_secs_f64(total))
 }
 
 #[cfg(test)]
@@ -420,25 +438,29 @@ mod tests {
     }
 
     #[test]
-    fn go_durations() {
-        let d = |s| parse_duration(s);
-        assert_eq!(d("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(d("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(d("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(d(" 1.5h "), Ok(Duration::from_secs(5400)));
-        assert_eq!(d("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(d("0"), Ok(Duration::ZERO));
-        for bad in [
-            "",
-            "15",
-            "m",
-            "15x",
-            "1h-5m",
-            "abc",
-            "1..5s",
-            "99999999999h",
+    fn flags_are_accepted_after_the_subcommand_too() {
+        for argv in [
+            &["x", "run", "--region", "cn-shanghai", "--workers", "4"][..],
+            &["x", "--region", "cn-shanghai", "run", "--workers", "4"],
         ] {
-            assert!(d(bad).is_err(), "{bad:?}");
+            let args = Args::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            assert_eq!(args.kube.region.as_deref(), Some("cn-shanghai"), "{argv:?}");
+            assert_eq!(args.run.workers, 4);
+            assert!(matches!(args.command, Some(Command::Run)));
         }
+        let args = Args::try_parse_from(["x", "check-config", "cm.yaml", "--region", "cn-beijing"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(args.kube.region.as_deref(), Some("cn-beijing"));
+        let args = Args::try_parse_from([
+            "x",
+            "cleanup",
+            "--secret-name",
+            "s",
+            "--lease-duration",
+            "4s",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(args.kube.secret_name, "s");
+        assert_eq!(args.run.lease_duration, Duration::from_secs(4));
     }
 }

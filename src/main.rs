@@ -3,9 +3,14 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() {
-    // One rustls crypto provider for every TLS client of the process, installed first.
+    // Process-wide set-up, once, before anything else: the one rustls crypto provider of every
+    // TLS client and server, and logging.
     acr_helper::aliyun::http::install_crypto_provider();
     let args = Args::parse();
+    if let Err(e) = acr_helper::telemetry::init(&args.log) {
+        eprintln!("aliyun-acr-credential-helper: {e}");
+        std::process::exit(2);
+    }
     let code = match acr_helper::app::main(args).await {
         Ok(code) => code,
         Err(e) => {

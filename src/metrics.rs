@@ -29,6 +29,12 @@ pub struct InstanceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceCategoryLabels {
+    pub instance: String,
+    pub category: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabel {
     pub kind: String,
 }
@@ -41,10 +47,13 @@ pub struct Metrics {
     pub reconcile_errors: Family<CategoryLabel, Counter>,
     pub cloud_calls: Family<CloudCallLabels, Counter>,
     pub token_expiry: Family<InstanceLabel, Gauge>,
+    pub credential_errors: Family<InstanceCategoryLabels, Counter>,
     pub writes: Family<WriteLabel, Counter>,
+    /// Set at scrape time from the index.
     pub secrets_managed: Gauge,
     pub config_valid: Gauge,
     pub config_present: Gauge,
+    pub config_last_accepted: Gauge,
     pub leader: Gauge,
 }
 
@@ -62,10 +71,12 @@ impl Metrics {
             reconcile_errors: Family::default(),
             cloud_calls: Family::default(),
             token_expiry: Family::default(),
+            credential_errors: Family::default(),
             writes: Family::default(),
             secrets_managed: Gauge::default(),
             config_valid: Gauge::default(),
             config_present: Gauge::default(),
+            config_last_accepted: Gauge::default(),
             leader: Gauge::default(),
             registry: Registry::default(),
         };
@@ -90,6 +101,11 @@ impl Metrics {
             m.token_expiry.clone(),
         );
         registry.register(
+            "credential_errors",
+            "Failed attempts to obtain an instance's registry login, by instance and error category",
+            m.credential_errors.clone(),
+        );
+        registry.register(
             "api_writes",
             "Writes to the Kubernetes API by kind",
             m.writes.clone(),
@@ -108,6 +124,11 @@ impl Metrics {
             "config_present",
             "1 if the acr-configuration ConfigMap exists",
             m.config_present.clone(),
+        );
+        registry.register(
+            "config_last_accepted",
+            "1 while the configuration in force is the last accepted one, not the live ConfigMap (which was rejected)",
+            m.config_last_accepted.clone(),
         );
         registry.register(
             "leader",

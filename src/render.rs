@@ -16,7 +16,7 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "aliyun-acr-credential-helper";
 pub const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
 pub const DOCKER_CONFIG_TYPE: &str = "kubernetes.io/dockerconfigjson";
-const ANNOTATION_PREFIX: &str = "aliyun-acr-credential-helper/";
+pub const ANNOTATION_PREFIX: &str = "aliyun-acr-credential-helper/";
 /// When the earliest of the Secret's passwords stops working (RFC 3339).
 pub const EXPIRES_AT: &str = "aliyun-acr-credential-helper/expires-at";
 /// The instances the Secret holds logins for, comma-separated.
@@ -140,6 +140,17 @@ pub fn is_managed(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectM
         .is_some_and(|v| v == MANAGED_BY_VALUE)
 }
 
+/// Whether a ServiceAccount whose `imagePullSecrets` hold `names` needs a change to have exactly
+/// one reference to `ours` (`want`) or none: [`desired_pull_secrets`] would return `Some`.
+pub fn reference_needs_change<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    ours: &str,
+    want: bool,
+) -> bool {
+    let n = names.into_iter().filter(|name| *name == ours).count();
+    if want { n != 1 } else { n != 0 }
+}
+
 /// The `imagePullSecrets` a ServiceAccount should have: `current` with a reference to `ours`
 /// appended (`want`) or removed (`!want`). Entries that are not ours keep their order. `None`
 /// when nothing needs to change.
@@ -254,6 +265,23 @@ mod tests {
             desired_pull_secrets(&refs(&[ours, "x", ours]), ours, false),
             Some(refs(&["x"]))
         );
+        // The cheap check agrees with the full computation.
+        for list in [
+            &[][..],
+            &["x"],
+            &[ours],
+            &["x", ours],
+            &[ours, ours],
+            &[ours, "x", ours],
+        ] {
+            for want in [true, false] {
+                assert_eq!(
+                    reference_needs_change(list.iter().copied(), ours, want),
+                    desired_pull_secrets(&refs(list), ours, want).is_some(),
+                    "{list:?} want={want}"
+                );
+            }
+        }
         // Entries with an empty name are someone else's and kept.
         let odd = vec![LocalObjectReference {
             name: String::new(),

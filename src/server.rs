@@ -26,6 +26,11 @@ pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
+    // Gauges of the index are counted when scraped, not on every change.
+    let managed = s.readiness.index.read().managed_secrets();
+    s.metrics
+        .secrets_managed
+        .set(i64::try_from(managed).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

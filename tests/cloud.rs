@@ -25,6 +25,7 @@ use serde_json::json;
 use support::fake_cloud::*;
 
 fn http() -> Http {
+    acr_helper::aliyun::http::install_crypto_provider();
     Http::new(&HttpOptions {
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(2),
@@ -686,6 +687,7 @@ async fn no_error_text_carries_a_secret() {
         security_token: Some(SecretString::from(SECRET)),
         expiration: None,
     };
+    acr_helper::aliyun::http::install_crypto_provider();
     let no_retry = Http::new(&HttpOptions {
         connect_timeout: Duration::from_millis(500),
         request_timeout: Duration::from_millis(500),

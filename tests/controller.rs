@@ -780,28 +780,22 @@ async fn a_cloud_failure_keeps_the_valid_secret_and_recovers() {
         Duration::from_secs(40),
         "the failure in a metric",
         || async {
-            c.metrics()
-                .await
-                .contains("acr_helper_reconcile_errors_total{category=\"cloud_unavailable\"}")
+            c.metrics().await.contains(
+                "acr_helper_credential_errors_total{instance=\"cri-fakeinstance0001\",category=\"cloud_unavailable\"}",
+            )
         },
     )
     .await;
     // The still-valid Secret is kept as it was.
     let kept = h.wait_secret(&ns.name).await;
     assert_eq!(kept["auths"][ENTERPRISE_DOMAINS[0]]["password"], first);
+    // One Warning Event on the ConfigMap (not one per namespace: the cause is the same for all).
     wait_until(
         Duration::from_secs(20),
-        "a Warning Event on the namespace",
+        "a Warning Event on the ConfigMap",
         || async {
-            let events = Api::<k8s_openapi::api::events::v1::Event>::all(h.client.clone())
-                .list(&kube::api::ListParams::default().fields("type=Warning"))
-                .await
-                .map(|l| l.items)
-                .unwrap_or_default();
-            events.iter().any(|e| {
-                e.reason.as_deref() == Some("CredentialsUnavailable")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref())
-                        == Some(ns.name.as_str())
+            h.config_warnings().await.iter().any(|n| {
+                n.contains("GetAuthorizationToken") && n.contains("keep their current passwords")
             })
         },
     )

@@ -337,6 +337,7 @@ mod tests {
 
     #[test]
     fn endpoint_templates() {
+        crate::aliyun::http::install_crypto_provider();
         let http = Http::new(&Default::default()).unwrap_or_else(|e| panic!("{e}"));
         let cr = Cr::new(http.clone(), super::super::DEFAULT_CR_ENDPOINT.to_owned());
         assert_eq!(

@@ -95,11 +95,14 @@ pub fn install_crypto_provider() {
 }
 
 impl Http {
+    /// Needs the process's crypto provider ([`install_crypto_provider`]) for HTTPS endpoints.
     pub fn new(options: &HttpOptions) -> Result<Http, CloudError> {
-        install_crypto_provider();
         let client = reqwest::Client::builder()
             .connect_timeout(options.connect_timeout)
             .timeout(options.request_timeout)
+            // A signed request (or the Personal Edition's security-token header) is never re-sent
+            // to wherever a redirect points: a 3xx answer is an error.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!(
                 "aliyun-acr-credential-helper/",
                 env!("CARGO_PKG_VERSION")

@@ -12,8 +12,8 @@ use secrecy::SecretString;
 use serde_json::Value;
 
 use crate::aliyun::is_region_id;
-use crate::cli::parse_duration;
 use crate::credentials::{AccessKey, AssumedRole, Edition, InstanceAuth, RrsaRole};
+use crate::duration::parse_duration;
 
 pub const KEY_WATCH_NAMESPACE: &str = "watch-namespace";
 pub const KEY_SERVICE_ACCOUNT: &str = "service-account";
@@ -114,6 +114,18 @@ pub struct Config {
     pub webhook: WebhookConfig,
     /// Legacy keys, kept as given.
     pub legacy: BTreeMap<String, String>,
+}
+
+impl Config {
+    /// Whether namespace `name` (with `labels`) gets the pull Secret.
+    pub fn selects_namespace(&self, name: &str, _labels: &BTreeMap<String, String>) -> bool {
+        self.namespaces.contains(name)
+    }
+
+    /// Whether ServiceAccount `name` of a selected namespace gets the reference.
+    pub fn selects_service_account(&self, name: &str) -> bool {
+        self.service_accounts.contains(name)
+    }
 }
 
 /// A parsed configuration and what was ignored in it.
@@ -546,8 +558,18 @@ fn instances(
 ) -> Vec<Instance> {
     const KEY: &str = KEY_REGISTRY_INFO;
     let items = match yaml(text) {
-        Ok(Value::Array(items)) => items,
-        Ok(Value::Null) => Vec::new(),
+        Ok(Value::Array(items)) if !items.is_empty() => items,
+        // `[]`, or items that are all commented out: an explicit "no registries" would empty every
+        // pull Secret, which is never what an edit means.
+        Ok(Value::Array(_) | Value::Null) => {
+            errors.push(
+                KEY,
+                None,
+                None,
+                "at least one instance; the list is empty (or every item is commented out). To serve the Personal Edition instance of the cluster's region, remove the key or leave its value empty",
+            );
+            return Vec::new();
+        }
         Ok(Value::Object(_)) => {
             errors.push(
                 KEY,

@@ -251,6 +251,20 @@ const MALFORMED: &[(&str, &str, &[&str])] = &[
     ),
     (
         "acr-registry-info",
+        "[]",
+        &[
+            "acr-registry-info",
+            "at least one instance",
+            "remove the key",
+        ],
+    ),
+    (
+        "acr-registry-info",
+        "# - instanceId: cri-abc\n#   regionId: cn-hangzhou\n",
+        &["acr-registry-info", "commented out", "Personal Edition"],
+    ),
+    (
+        "acr-registry-info",
         "instanceId: cri-abc",
         &["acr-registry-info", "single mapping"],
     ),

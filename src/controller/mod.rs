@@ -1,38 +1,51 @@
-//! The controller: watches the `acr-configuration` ConfigMap, Namespaces, ServiceAccounts and its
-//! own Secrets; reconciles one namespace at a time; fetches each instance's token once (shared
-//! through the single-flight caches) and fans it out; refreshes before `expiring-threshold`.
+//! The controller: what the leader does during its term.
+//!
+//! Every replica keeps the [`index`](crate::index) and the [configuration in
+//! force](crate::config_source) from its own watches. The leader, for as long as its Lease is
+//! renewed, runs:
+//! - the [refresher](refresher): one registry login per instance, turned into the Secret content;
+//! - workers that take namespaces from a [queue](queue), [plan](crate::plan) them from the index
+//!   and the content (pure), and execute the plan's [writes](writes);
+//! - the configuration duties: persisting the last accepted configuration, Events about it, and
+//!   the webhook's registration.
+//!
+//! A namespace is queued when the index says something that matters changed there, and every
+//! namespace whose plan is not empty is queued when the configuration or the content changes.
 
+pub mod cleanup;
+pub mod events;
+pub mod queue;
+pub mod refresher;
 pub mod writes;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::channel::mpsc;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Secret, ServiceAccount};
-use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use kube::api::{ObjectMeta, PostParams};
+use kube::runtime::events::Reporter;
+use kube::{Api, Client};
+use tokio::sync::watch;
 
-use crate::config::{self, Config, Instance};
-use crate::credentials::cache::Cache;
-use crate::credentials::{CredentialError, Edition, Registry};
-use crate::metrics::{CategoryLabel, InstanceLabel, Metrics, ResultLabel};
-use crate::render::{self, Login, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SecretContent};
+use crate::config_source::{
+    ACCEPTED_AT_ANNOTATION, ConfigView, Idle, InForce, LAST_CONFIG_KEY, Origin, RawConfig,
+};
+use crate::credentials::Registry;
+use crate::index::SharedIndex;
+use crate::leader::Leadership;
+use crate::metrics::{CategoryLabel, Metrics, ResultLabel};
+use crate::plan::{Desired, NamespacePlan, SecretStep, plan_namespace};
+use crate::render::{EXPIRES_AT, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SecretContent};
+use events::Events;
+use queue::WorkQueue;
+use refresher::{Refresher, retry_delay};
+use writes::{SecretWrite, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("instance {instance}: {source}")]
-    Credentials {
-        instance: String,
-        #[source]
-        source: CredentialError,
-    },
     #[error("{action} {kind} {object}: {source}")]
     Kube {
         action: &'static str,
@@ -47,16 +60,28 @@ pub enum Error {
     ForeignSecret { object: String },
     #[error("{object} kept changing under us; will try again")]
     Conflicts { object: String },
+    #[error("this replica is not the leader (any more); it writes nothing")]
+    NotLeader,
+    #[error("{failed} of {total} writes failed in namespace {namespace}; the first: {first}")]
+    Several {
+        namespace: String,
+        failed: usize,
+        total: usize,
+        first: Box<Error>,
+    },
+    #[error("{0}")]
+    Lease(#[from] crate::leader::LeaseError),
 }
 
 impl Error {
     /// A stable category for metrics and Event reasons.
     pub fn category(&self) -> &'static str {
         match self {
-            Error::Credentials { source, .. } => source.category(),
-            Error::Kube { .. } => "kube_api",
+            Error::Kube { .. } | Error::Lease(_) => "kube_api",
             Error::ForeignSecret { .. } => "foreign_secret",
             Error::Conflicts { .. } => "conflict",
+            Error::NotLeader => "not_leader",
+            Error::Several { first, .. } => first.category(),
         }
     }
 }
@@ -67,211 +92,68 @@ pub struct Settings {
     pub config_namespace: String,
     pub config_name: String,
     pub secret_name: String,
-    /// The cluster's region: the default region of instances.
-    pub region: Option<String>,
+    /// The Secret (in the configuration namespace) holding the last accepted configuration.
+    pub last_config_secret: String,
+    /// Namespaces reconciled at once.
+    pub workers: usize,
 }
 
-/// The logins of every configured instance, ready to be written.
-#[derive(Debug, Clone)]
-struct Resolved {
-    content: SecretContent,
-    refresh_at: Timestamp,
+/// Readiness, as `/readyz` reports it.
+#[derive(Debug)]
+pub struct Readiness {
+    pub index: Arc<SharedIndex>,
+    pub view: watch::Receiver<Arc<ConfigView>>,
+    pub leading: AtomicBool,
+    /// The leader obtained credentials for the configuration in force.
+    pub content_ok: AtomicBool,
 }
 
-/// Shared state of the reconcilers.
-pub struct Context {
+impl Readiness {
+    pub fn new(index: Arc<SharedIndex>, view: watch::Receiver<Arc<ConfigView>>) -> Readiness {
+        Readiness {
+            index,
+            view,
+            leading: AtomicBool::new(false),
+            content_ok: AtomicBool::new(false),
+        }
+    }
+
+    /// Ready once the watches have listed and, on the leader with a configuration in force,
+    /// credentials were obtained for it. A standby is ready: it serves the webhook.
+    pub fn ready(&self) -> bool {
+        let view = self.view.borrow();
+        self.index.synced()
+            && view.synced()
+            && (!self.leading.load(Ordering::Relaxed)
+                || view.config().is_none()
+                || self.content_ok.load(Ordering::Relaxed))
+    }
+}
+
+/// What a leadership term works with; every replica has one.
+pub struct Shared {
+    /// The client of writes (the watches have their own).
     pub client: Client,
-    pub webhook: crate::webhook::runtime::WebhookSettings,
+    pub index: Arc<SharedIndex>,
+    pub view: watch::Receiver<Arc<ConfigView>>,
     pub registry: Arc<Registry>,
-    pub settings: Settings,
     pub metrics: Arc<Metrics>,
-    config: RwLock<Option<Arc<Config>>>,
-    domains: Cache<crate::credentials::InstanceRef, Vec<String>, CredentialError>,
-    service_accounts: Store<ServiceAccount>,
-    secrets: Store<Secret>,
-    recorder: Recorder,
-    failures: Mutex<HashMap<String, u32>>,
-    /// ServiceAccounts we patched, with the resourceVersion the patch replaced: while the watch
-    /// cache still shows that version it is stale, and the SA is left alone until it catches up
-    /// (its watch event reconciles the namespace again).
-    patched_from: Mutex<HashMap<(String, String), String>>,
-    /// Set once credentials were obtained for a complete configuration.
-    credentials_ok: AtomicBool,
+    pub settings: Settings,
+    pub webhook: crate::webhook::runtime::WebhookSettings,
+    pub readiness: Arc<Readiness>,
+    pub reporter: Reporter,
 }
 
-impl std::fmt::Debug for Context {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context")
-            .field("settings", &self.settings)
-            .field("config", &self.config())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Context {
-    /// The configuration in force, if any.
-    pub fn config(&self) -> Option<Arc<Config>> {
-        self.config
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    fn set_config(&self, config: Option<Arc<Config>>) {
-        *self
-            .config
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = config;
-    }
-
-    pub fn credentials_ok(&self) -> bool {
-        self.credentials_ok.load(Ordering::Relaxed)
-    }
-
-    async fn warn(&self, reference: &ObjectReference, reason: &str, note: String) {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: "Reconcile".to_owned(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, reference).await {
-            tracing::warn!(error = %e, reason, "could not record an Event");
-        }
-    }
-
-    /// The registry domains of an instance: as configured, else all of an Enterprise instance's
-    /// enabled endpoints (ListInstanceEndpoint, re-read every 10 minutes), else the Personal
-    /// Edition's domains of its region.
-    async fn domains_of(&self, inst: &Instance) -> Result<Vec<String>, CredentialError> {
-        if !inst.domains.is_empty() {
-            return Ok(inst.domains.clone());
-        }
-        match &inst.edition {
-            Edition::Personal => Ok(render::personal_domains(&inst.region)),
-            Edition::Enterprise { instance_id } => {
-                self.domains
-                    .get(&inst.instance_ref(), || async {
-                        let d = self
-                            .registry
-                            .enterprise_domains(&inst.auth, &inst.region, instance_id)
-                            .await?;
-                        Ok((d, Timestamp::now() + jiff::SignedDuration::from_mins(10)))
-                    })
-                    .await
-            }
-        }
-    }
-
-    /// Every instance's login, from the shared caches: N namespaces asking at once cause one
-    /// fetch per instance.
-    async fn resolve(&self, cfg: &Config) -> Result<Resolved, Error> {
-        let mut tokens = Vec::new();
-        for inst in &cfg.instances {
-            let err = |source| Error::Credentials {
-                instance: inst.label(),
-                source,
-            };
-            let token = self
-                .registry
-                .token(&inst.instance_ref())
-                .await
-                .map_err(err)?;
-            let domains = self.domains_of(inst).await.map_err(err)?;
-            self.metrics
-                .token_expiry
-                .get_or_create(&InstanceLabel {
-                    instance: inst.label(),
-                })
-                .set(token.usable_until.as_second());
-            tokens.push((inst.label(), token, domains));
-        }
-        let mut logins = Vec::new();
-        for (_, t, domains) in &tokens {
-            for d in domains {
-                logins.push(Login {
-                    domain: d,
-                    username: &t.token.username,
-                    password: &t.token.password,
-                });
-            }
-        }
-        let content = SecretContent {
-            dockerconfigjson: render::dockerconfigjson(&logins),
-            expires_at: tokens
-                .iter()
-                .map(|(_, t, _)| t.usable_until)
-                .min()
-                .unwrap_or(Timestamp::MAX),
-            instances: tokens.iter().map(|(l, _, _)| l.clone()).collect(),
-        };
-        let refresh_at = tokens
-            .iter()
-            .map(|(_, t, _)| t.refresh_at)
-            .min()
-            .unwrap_or(Timestamp::MAX);
-        self.credentials_ok.store(true, Ordering::Relaxed);
-        Ok(Resolved {
-            content,
-            refresh_at,
-        })
-    }
-
-    fn cached_secret(&self, ns: &str) -> Option<Arc<Secret>> {
-        self.secrets
-            .get(&ObjectRef::new(&self.settings.secret_name).within(ns))
-    }
-
-    fn service_accounts_in(&self, ns: &str) -> Vec<Arc<ServiceAccount>> {
-        self.service_accounts
-            .state()
-            .into_iter()
-            .filter(|sa| sa.namespace().as_deref() == Some(ns))
-            .collect()
-    }
-
-    /// Adds or removes our reference on a cached ServiceAccount, unless the cache is known stale.
-    async fn reference(&self, sa: &ServiceAccount, want: bool) -> Result<(), Error> {
-        let key = (sa.namespace().unwrap_or_default(), sa.name_any());
-        let rv = sa.resource_version().unwrap_or_default();
-        {
-            let mut patched = self
-                .patched_from
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match patched.get(&key) {
-                Some(from) if *from == rv => return Ok(()),
-                Some(_) => {
-                    patched.remove(&key);
-                }
-                None => {}
-            }
-        }
-        let api = Api::<ServiceAccount>::namespaced(self.client.clone(), &key.0);
-        let wrote =
-            writes::ensure_reference(&api, sa, &self.settings.secret_name, want, &self.metrics)
-                .await?;
-        if let Some(from) = wrote {
-            self.patched_from
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(key, from);
-        }
-        Ok(())
-    }
-
-    /// Removes our references and our Secret from a namespace.
-    async fn clean_namespace(&self, ns: &str) -> Result<(), Error> {
-        for sa in self.service_accounts_in(ns) {
-            self.reference(&sa, false).await?;
-        }
-        if let Some(secret) = self.cached_secret(ns) {
-            let api = Api::<Secret>::namespaced(self.client.clone(), ns);
-            writes::delete_secret(&api, &secret, &self.metrics).await?;
-        }
-        Ok(())
-    }
+/// One leadership term.
+struct Term {
+    shared: Arc<Shared>,
+    writer: Writer,
+    events: Events,
+    content: watch::Receiver<Option<Arc<SecretContent>>>,
+    queue: WorkQueue,
+    failures: Mutex<HashMap<Arc<str>, u32>>,
+    /// Namespaces reported as blocked by a foreign Secret (reported once).
+    blocked: Mutex<HashSet<Arc<str>>>,
 }
 
 fn namespace_reference(name: &str) -> ObjectReference {
@@ -283,401 +165,498 @@ fn namespace_reference(name: &str) -> ObjectReference {
     }
 }
 
-async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let result = reconcile_inner(&ns, &ctx).await;
-    let label = if result.is_ok() { "ok" } else { "error" };
-    ctx.metrics
-        .reconciles
-        .get_or_create(&ResultLabel {
-            result: label.to_owned(),
-        })
-        .inc();
-    // Only pull Secrets: the webhook's certificate Secret carries the label too.
-    let managed = ctx
-        .secrets
-        .state()
-        .iter()
-        .filter(|s| s.metadata.name.as_deref() == Some(ctx.settings.secret_name.as_str()))
-        .count();
-    ctx.metrics
-        .secrets_managed
-        .set(i64::try_from(managed).unwrap_or(i64::MAX));
-    if result.is_ok() {
-        ctx.failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&ns.name_any());
+fn service_account_reference(ns: &str, name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("ServiceAccount".into()),
+        namespace: Some(ns.to_owned()),
+        name: Some(name.to_owned()),
+        ..Default::default()
     }
-    result
 }
 
-async fn reconcile_inner(ns: &Namespace, ctx: &Context) -> Result<Action, Error> {
-    let Some(cfg) = ctx.config() else {
-        // No ConfigMap: do nothing yet.
-        return Ok(Action::await_change());
-    };
-    let name = ns.name_any();
-    if ns.meta().deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Term {
+    fn desired(&self) -> Option<Arc<SecretContent>> {
+        self.content.borrow().clone()
     }
-    if !cfg.namespaces.contains(&name) {
-        ctx.clean_namespace(&name).await?;
-        return Ok(Action::await_change());
+
+    /// The plan of one namespace now, with the state it was made from.
+    fn plan(&self, ns: &str) -> Option<(NamespacePlan, crate::index::NsState)> {
+        let view = self.shared.view.borrow().clone();
+        let cfg = view.config()?;
+        let content = self.desired();
+        let desired = content
+            .as_deref()
+            .map_or(Desired::Unavailable, Desired::Content);
+        let index = self.shared.index.read();
+        let state = index.namespace(ns)?;
+        let plan = plan_namespace(ns, state, cfg, &self.shared.settings.secret_name, desired);
+        Some((plan, state.clone()))
     }
-    let resolved = ctx.resolve(&cfg).await?;
-    let secret_api = Api::<Secret>::namespaced(ctx.client.clone(), &name);
-    let cached = ctx.cached_secret(&name);
-    writes::ensure_secret(
-        &secret_api,
-        &name,
-        &ctx.settings.secret_name,
-        &resolved.content,
-        cached.as_deref(),
-        &ctx.metrics,
-    )
-    .await?;
-    for sa in ctx.service_accounts_in(&name) {
-        let want = cfg.service_accounts.contains(&sa.name_any());
-        if let Err(e) = ctx.reference(&sa, want).await {
-            let reference = sa.object_ref(&());
-            ctx.warn(&reference, "PatchFailed", e.to_string()).await;
-            return Err(e);
+
+    /// Queues every namespace whose plan is not empty (after a configuration or content change).
+    fn enqueue_all(&self) {
+        let view = self.shared.view.borrow().clone();
+        let Some(cfg) = view.config() else { return };
+        let content = self.desired();
+        let desired = content
+            .as_deref()
+            .map_or(Desired::Unavailable, Desired::Content);
+        let secret_name = &self.shared.settings.secret_name;
+        let due: Vec<Arc<str>> = {
+            let index = self.shared.index.read();
+            index
+                .namespaces()
+                .filter(|(name, state)| {
+                    !plan_namespace(name, state, cfg, secret_name, desired).is_empty()
+                })
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        if !due.is_empty() {
+            tracing::debug!(namespaces = due.len(), "queued for reconcile");
+        }
+        for ns in due {
+            self.queue.add(ns);
         }
     }
-    let wait = resolved
-        .refresh_at
-        .duration_since(Timestamp::now())
-        .as_secs_f64()
-        .clamp(1.0, 24.0 * 3600.0);
-    Ok(Action::requeue(Duration::from_secs_f64(wait)))
-}
 
-fn error_policy(ns: Arc<Namespace>, error: &Error, ctx: Arc<Context>) -> Action {
-    let name = ns.name_any();
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&CategoryLabel {
-            category: error.category().to_owned(),
-        })
-        .inc();
-    let failures = {
-        let mut f = ctx
-            .failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = f.entry(name.clone()).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    };
-    // Exponential backoff with jitter: 2 s, 4 s, ... up to 5 minutes.
-    let ceiling = 2f64
-        .powi(i32::try_from(failures.min(9)).unwrap_or(9))
-        .min(300.0);
-    let delay = rand::random_range(ceiling / 2.0..=ceiling);
-    tracing::warn!(namespace = %name, error = %error, category = error.category(), retry_in_s = delay, "reconcile failed");
-    let note = error.to_string();
-    let reason = match error {
-        Error::Credentials { .. } => "CredentialsUnavailable",
-        Error::ForeignSecret { .. } => "SecretNameTaken",
-        _ => "ReconcileFailed",
-    };
-    let reference = namespace_reference(&name);
-    let ctx2 = ctx.clone();
-    tokio::spawn(async move { ctx2.warn(&reference, reason, note).await });
-    Action::requeue(Duration::from_secs_f64(delay))
-}
-
-/// Applies a ConfigMap event: a usable configuration replaces the one in force and triggers a
-/// reconcile of every namespace; an unusable one is reported and the last good one stays.
-async fn apply_config(ctx: &Context, cm: Option<&ConfigMap>, trigger: &mpsc::UnboundedSender<()>) {
-    let Some(cm) = cm else {
-        ctx.metrics.config_present.set(0);
-        if ctx.config().is_some() {
-            tracing::warn!(
-                "ConfigMap {}/{} was deleted: nothing more is written or refreshed until it exists again (existing Secrets and references stay; run `cleanup` to remove them)",
-                ctx.settings.config_namespace,
-                ctx.settings.config_name
-            );
-        }
-        ctx.set_config(None);
-        return;
-    };
-    ctx.metrics.config_present.set(1);
-    let data: BTreeMap<String, String> = cm.data.clone().unwrap_or_default();
-    match config::parse(&data, ctx.settings.region.as_deref()) {
-        Ok(parsed) => {
-            ctx.metrics.config_valid.set(1);
-            for w in &parsed.warnings {
-                tracing::warn!(warning = %w, "acr-configuration");
+    fn enqueue_if_needed(&self, ns: Arc<str>) {
+        match self.plan(&ns) {
+            Some((plan, _)) if !plan.is_empty() => self.queue.add(ns),
+            Some((plan, _)) if plan.secret == SecretStep::Blocked => self.queue.add(ns),
+            _ => {
+                lock(&self.blocked).remove(&ns);
             }
-            let next = Arc::new(parsed.config);
-            if ctx.config().as_deref() == Some(&*next) {
-                return;
+        }
+    }
+
+    async fn reconcile(&self, ns: &Arc<str>) -> Result<(), Error> {
+        let Some((plan, state)) = self.plan(ns) else {
+            return Ok(());
+        };
+        let settings = &self.shared.settings;
+        if plan.secret == SecretStep::Blocked {
+            if lock(&self.blocked).insert(ns.clone()) {
+                let e = Error::ForeignSecret {
+                    object: format!("{ns}/{}", settings.secret_name),
+                };
+                tracing::warn!(namespace = %ns, "{e}");
+                self.events
+                    .warn(&namespace_reference(ns), "SecretNameTaken", e.to_string())
+                    .await;
             }
-            ctx.registry.chain().set_threshold(next.expiring_threshold);
-            let keep: Vec<_> = next.instances.iter().map(Instance::instance_ref).collect();
-            ctx.registry.retain(|r| keep.contains(r));
-            ctx.domains.retain(|r| keep.contains(r));
-            tracing::info!(
-                instances = next.instances.len(),
-                namespaces = ?next.namespaces,
-                service_accounts = ?next.service_accounts,
-                threshold_s = next.expiring_threshold.as_secs(),
-                "applied acr-configuration"
-            );
-            ctx.set_config(Some(next.clone()));
-            let _ = trigger.unbounded_send(());
-            reconcile_webhook(ctx, &next, cm).await;
+            return Ok(());
         }
-        Err(errors) => {
-            ctx.metrics.config_valid.set(0);
-            let message = format!(
-                "acr-configuration rejected, the previous configuration stays in force: {errors}"
-            );
-            tracing::error!(%errors, "acr-configuration rejected; the previous configuration stays in force");
-            ctx.warn(&cm.object_ref(&()), "InvalidConfiguration", message)
-                .await;
+        lock(&self.blocked).remove(ns);
+        if plan.is_empty() {
+            return Ok(());
         }
-    }
-}
-
-/// Leader duty: the webhook registration follows `webhook-configuration`.
-async fn reconcile_webhook(ctx: &Context, cfg: &Config, cm: &ConfigMap) {
-    if let Err(e) = crate::webhook::runtime::reconcile(
-        &ctx.client,
-        &ctx.webhook,
-        &ctx.settings.config_namespace,
-        &cfg.webhook,
-    )
-    .await
-    {
-        tracing::warn!(error = %e, "could not register the admission webhook");
-        ctx.warn(
-            &cm.object_ref(&()),
-            "WebhookFailed",
-            format!("admission webhook: {e}"),
-        )
-        .await;
-    }
-}
-
-/// What `run` needs besides the client.
-pub struct Wiring {
-    pub client: Client,
-    pub registry: Arc<Registry>,
-    pub settings: Settings,
-    pub metrics: Arc<Metrics>,
-    pub reporter: Reporter,
-    pub webhook: crate::webhook::runtime::WebhookSettings,
-}
-
-/// Readiness, as `/readyz` reports it.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    /// A replica that waits for leadership is ready: it has nothing to obtain.
-    pub standby: AtomicBool,
-    pub synced: AtomicBool,
-    pub context: RwLock<Option<Arc<Context>>>,
-}
-
-impl Readiness {
-    /// Ready once the watches are synced and, if a configuration is in force, credentials were
-    /// obtained for it.
-    pub fn ready(&self) -> bool {
-        if self.standby.load(Ordering::Relaxed) {
-            return true;
-        }
-        if !self.synced.load(Ordering::Relaxed) {
-            return false;
-        }
-        match &*self
-            .context
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-        {
-            Some(ctx) => ctx.config().is_none() || ctx.credentials_ok(),
-            None => false,
-        }
-    }
-}
-
-/// Runs the controller until `shutdown` resolves.
-pub async fn run(
-    w: Wiring,
-    readiness: Arc<Readiness>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) {
-    let client = w.client;
-    let (sa_store, sa_writer) = reflector::store();
-    let sa_stream = watcher(
-        Api::<ServiceAccount>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(sa_writer)
-    .touched_objects();
-    let (secret_store, secret_writer) = reflector::store();
-    let secret_stream = watcher(
-        Api::<Secret>::all(client.clone()),
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
-    )
-    .default_backoff()
-    .reflect(secret_writer)
-    .touched_objects();
-
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        webhook: w.webhook.clone(),
-        registry: w.registry,
-        settings: w.settings.clone(),
-        metrics: w.metrics,
-        config: RwLock::new(None),
-        domains: Cache::default(),
-        service_accounts: sa_store.clone(),
-        secrets: secret_store.clone(),
-        recorder: Recorder::new(client.clone(), w.reporter),
-        failures: Mutex::new(HashMap::new()),
-        patched_from: Mutex::new(HashMap::new()),
-        credentials_ok: AtomicBool::new(false),
-    });
-    *readiness
-        .context
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ctx.clone());
-
-    let (trigger, triggers) = mpsc::unbounded();
-    let cm_api = Api::<ConfigMap>::namespaced(client.clone(), &w.settings.config_namespace);
-    let cm_watch = watcher(
-        cm_api,
-        watcher::Config::default().fields(&format!("metadata.name={}", w.settings.config_name)),
-    )
-    .default_backoff();
-    let config_ctx = ctx.clone();
-    let config_synced = Arc::new(AtomicBool::new(false));
-    let config_synced_w = config_synced.clone();
-    let config_task = tokio::spawn(async move {
-        let mut seen = false;
-        let mut last: Option<ConfigMap> = None;
-        let mut events = std::pin::pin!(cm_watch);
-        // Re-checks the webhook certificate for renewal every hour.
-        let mut renewal = tokio::time::interval(Duration::from_secs(3600));
-        renewal.tick().await;
-        loop {
-            let event = tokio::select! {
-                event = events.next() => match event {
-                    Some(e) => e,
-                    None => break,
-                },
-                _ = renewal.tick() => {
-                    if let (Some(cfg), Some(cm)) = (config_ctx.config(), last.as_ref()) {
-                        reconcile_webhook(&config_ctx, &cfg, cm).await;
-                    }
-                    continue;
+        let content = self.desired();
+        let index = &self.shared.index;
+        if let (SecretStep::Create | SecretStep::Update, Some(content)) = (plan.secret, &content) {
+            match self
+                .writer
+                .ensure_secret(ns, &settings.secret_name, content, state.secret.as_ref())
+                .await
+            {
+                Ok(SecretWrite::Written(s)) => index.record(|i| {
+                    i.apply_secret(&s);
+                }),
+                Ok(SecretWrite::Unchanged) => {}
+                Err(e @ Error::ForeignSecret { .. }) => {
+                    // Someone took the name meanwhile; the index will say so and block the namespace.
+                    return Err(e);
                 }
+                // Without our Secret no reference may be added.
+                Err(e) => return Err(e),
+            }
+        }
+        let total = plan.references.len() + usize::from(plan.secret == SecretStep::Delete);
+        let mut errors = Vec::new();
+        // Additions first, then removals (the plan lists them in name order).
+        let mut steps = plan.references.clone();
+        steps.sort_by_key(|s| !s.add);
+        for step in &steps {
+            let Some(known) = state.service_accounts.get(&step.service_account) else {
+                continue;
             };
-            if let Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) = &event {
-                last = Some(cm.clone());
+            match self
+                .writer
+                .ensure_reference(
+                    ns,
+                    &step.service_account,
+                    known,
+                    &settings.secret_name,
+                    step.add,
+                )
+                .await
+            {
+                Ok(Some(sa)) => index.record(|i| {
+                    i.apply_service_account(&sa);
+                }),
+                Ok(None) => {}
+                Err(Error::NotLeader) => return Err(Error::NotLeader),
+                Err(e) => {
+                    // One ServiceAccount that cannot be patched does not stop the others.
+                    tracing::warn!(namespace = %ns, service_account = %step.service_account, error = %e, "could not patch imagePullSecrets");
+                    self.events
+                        .warn(
+                            &service_account_reference(ns, &step.service_account),
+                            "PatchFailed",
+                            e.to_string(),
+                        )
+                        .await;
+                    errors.push(e);
+                }
             }
-            match event {
-                Ok(watcher::Event::Apply(cm)) | Ok(watcher::Event::InitApply(cm)) => {
-                    seen = true;
-                    apply_config(&config_ctx, Some(&cm), &trigger).await;
+        }
+        if plan.secret == SecretStep::Delete
+            && let Some(secret) = &state.secret
+        {
+            // Only once no reference of ours is left behind in this namespace.
+            if errors.is_empty() {
+                match self
+                    .writer
+                    .delete_secret(ns, &settings.secret_name, &secret.uid)
+                    .await
+                {
+                    Ok(_) => index.record(|i| {
+                        i.delete_secret(ns, Some(&secret.uid));
+                    }),
+                    Err(e) => errors.push(e),
                 }
-                Ok(watcher::Event::Delete(_)) => {
-                    seen = false;
-                    apply_config(&config_ctx, None, &trigger).await;
+            }
+        }
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            failed => Err(Error::Several {
+                namespace: ns.to_string(),
+                failed,
+                total,
+                first: Box::new(errors.remove(0)),
+            }),
+        }
+    }
+
+    /// Until when the passwords in namespace `ns`'s Secret work, as its annotation says.
+    fn valid_until(&self, ns: &str) -> Option<Timestamp> {
+        let index = self.shared.index.read();
+        index
+            .namespace(ns)
+            .and_then(|n| n.secret.as_ref())
+            .and_then(|s| s.annotations.get(EXPIRES_AT))
+            .and_then(|t| t.parse().ok())
+    }
+
+    async fn work(self: Arc<Self>) {
+        let metrics = self.shared.metrics.clone();
+        loop {
+            let ns = self.queue.next().await;
+            let result = self.reconcile(&ns).await;
+            let label = if result.is_ok() { "ok" } else { "error" };
+            metrics
+                .reconciles
+                .get_or_create(&ResultLabel {
+                    result: label.to_owned(),
+                })
+                .inc();
+            match result {
+                Ok(()) => {
+                    lock(&self.failures).remove(&ns);
                 }
-                Ok(watcher::Event::Init) => seen = false,
-                Ok(watcher::Event::InitDone) => {
-                    if !seen {
-                        apply_config(&config_ctx, None, &trigger).await;
+                Err(Error::NotLeader) => {}
+                Err(e) => {
+                    let failures = {
+                        let mut f = lock(&self.failures);
+                        let n = f.entry(ns.clone()).or_insert(0);
+                        *n = n.saturating_add(1);
+                        *n
+                    };
+                    metrics
+                        .reconcile_errors
+                        .get_or_create(&CategoryLabel {
+                            category: e.category().to_owned(),
+                        })
+                        .inc();
+                    let delay = retry_delay(
+                        failures,
+                        Timestamp::now(),
+                        self.valid_until(&ns),
+                        rand::random(),
+                    );
+                    tracing::warn!(namespace = %ns, error = %e, category = e.category(), retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "reconcile failed");
+                    if failures == 1 {
+                        let reason = match &e {
+                            Error::ForeignSecret { .. } => "SecretNameTaken",
+                            _ => "ReconcileFailed",
+                        };
+                        self.events
+                            .warn(&namespace_reference(&ns), reason, e.to_string())
+                            .await;
                     }
-                    config_synced_w.store(true, Ordering::Relaxed);
+                    self.queue
+                        .add_at(ns.clone(), tokio::time::Instant::now() + delay);
                 }
-                Err(e) => tracing::warn!(error = %e, "ConfigMap watch failed; retrying"),
+            }
+            self.queue.done(&ns);
+        }
+    }
+
+    /// The leader's duties about the configuration itself.
+    async fn configuration_duties(self: Arc<Self>) {
+        let mut view = self.shared.view.clone();
+        let mut reported: Option<String> = None;
+        let mut registered: Option<crate::config::WebhookConfig> = None;
+        // The webhook certificate is checked for renewal every hour.
+        let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+        hourly.tick().await;
+        let mut force = false;
+        loop {
+            let v = view.borrow_and_update().clone();
+            if let Ok(in_force) = &v.state {
+                self.persist(&v, in_force).await;
+                if force || registered.as_ref() != Some(&in_force.config.webhook) {
+                    match crate::webhook::runtime::reconcile(
+                        self.writer.client(),
+                        self.writer.leadership(),
+                        &self.shared.webhook,
+                        &self.shared.settings.config_namespace,
+                        &in_force.config.webhook,
+                    )
+                    .await
+                    {
+                        Ok(()) => registered = Some(in_force.config.webhook.clone()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not register the admission webhook");
+                            if let Some(cm) = &v.configmap {
+                                self.events
+                                    .warn(cm, "WebhookFailed", format!("admission webhook: {e}"))
+                                    .await;
+                            }
+                        }
+                    }
+                }
+            }
+            self.report(&v, &mut reported).await;
+            tokio::select! {
+                changed = view.changed() => {
+                    if changed.is_err() { return }
+                    force = false;
+                }
+                _ = hourly.tick() => force = true,
             }
         }
-    });
+    }
 
-    let sync_readiness = readiness.clone();
-    let (sa_ready, secret_ready) = (sa_store.clone(), secret_store.clone());
-    tokio::spawn(async move {
-        let _ = sa_ready.wait_until_ready().await;
-        let _ = secret_ready.wait_until_ready().await;
-        while !config_synced.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    /// A Warning Event when the live ConfigMap is rejected, once per ConfigMap version.
+    async fn report(&self, v: &ConfigView, reported: &mut Option<String>) {
+        let (Some(errors), Some(cm)) = (&v.rejected, &v.configmap) else {
+            *reported = None;
+            return;
+        };
+        let key = format!("{:?}:{errors}", cm.resource_version);
+        if reported.as_deref() == Some(key.as_str()) {
+            return;
         }
-        sync_readiness.synced.store(true, Ordering::Relaxed);
-        tracing::info!("watches synced");
-    });
+        let s = &self.shared.settings;
+        let consequence = match &v.state {
+            Ok(InForce {
+                origin: Origin::Previous,
+                ..
+            }) => "the last accepted configuration (accepted by this replica before the edit) stays in force".to_owned(),
+            Ok(InForce {
+                origin: Origin::LastAccepted,
+                accepted_at,
+                ..
+            }) => format!(
+                "the last accepted configuration (persisted in Secret {}/{}{}) stays in force",
+                s.config_namespace,
+                s.last_config_secret,
+                accepted_at.map(|t| format!(", accepted at {t}")).unwrap_or_default()
+            ),
+            Ok(InForce { origin: Origin::Live, .. }) => return,
+            Err(Idle::NothingUsable) => {
+                "no configuration was ever accepted, so nothing is written until the ConfigMap is fixed".to_owned()
+            }
+            Err(_) => return,
+        };
+        self.events
+            .warn(
+                cm,
+                "InvalidConfiguration",
+                format!("acr-configuration rejected, {consequence}: {errors}"),
+            )
+            .await;
+        *reported = Some(key);
+    }
 
-    let to_namespace = |obj_ns: Option<String>| obj_ns.map(|ns| ObjectRef::<Namespace>::new(&ns));
-    Controller::new(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .watches_stream(sa_stream, move |sa: ServiceAccount| {
-        to_namespace(sa.namespace())
-    })
-    .watches_stream(secret_stream, move |s: Secret| to_namespace(s.namespace()))
-    .reconcile_all_on(triggers)
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "controller");
+    /// Keeps the Secret of the last accepted configuration equal to the live, accepted ConfigMap.
+    async fn persist(&self, v: &ConfigView, in_force: &InForce) {
+        if in_force.origin != Origin::Live || v.persisted.as_deref() == Some(&*in_force.data) {
+            return;
         }
-    })
-    .await;
-    config_task.abort();
+        if let Err(e) = self
+            .write_last_config(&in_force.data, v.configmap.as_ref())
+            .await
+        {
+            tracing::warn!(error = %e, "could not persist the accepted configuration");
+        }
+    }
+
+    async fn write_last_config(
+        &self,
+        data: &RawConfig,
+        cm: Option<&ObjectReference>,
+    ) -> Result<(), Error> {
+        let s = &self.shared.settings;
+        let api = Api::<Secret>::namespaced(self.writer.client().clone(), &s.config_namespace);
+        let name = &s.last_config_secret;
+        let err = |action, e| Error::Kube {
+            action,
+            kind: "Secret",
+            object: format!("{}/{name}", s.config_namespace),
+            source: Box::new(e),
+        };
+        let existing = api.get_opt(name).await.map_err(|e| err("get", e))?;
+        if let Some(e) = &existing
+            && !crate::render::is_managed(&e.metadata)
+        {
+            return Err(Error::ForeignSecret {
+                object: format!("{}/{name}", s.config_namespace),
+            });
+        }
+        let mut annotations = std::collections::BTreeMap::from([(
+            ACCEPTED_AT_ANNOTATION.to_owned(),
+            Timestamp::now().to_string(),
+        )]);
+        if let Some(rv) = cm.and_then(|r| r.resource_version.clone()) {
+            annotations.insert(
+                "aliyun-acr-credential-helper/configmap-resource-version".to_owned(),
+                rv,
+            );
+        }
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(s.config_namespace.clone()),
+                labels: Some([(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned())].into()),
+                annotations: Some(annotations),
+                resource_version: existing
+                    .as_ref()
+                    .and_then(|e| e.metadata.resource_version.clone()),
+                ..Default::default()
+            },
+            data: Some(
+                [(
+                    LAST_CONFIG_KEY.to_owned(),
+                    k8s_openapi::ByteString(serde_json::to_vec(&data.0).unwrap_or_default()),
+                )]
+                .into(),
+            ),
+            type_: Some("Opaque".to_owned()),
+            ..Default::default()
+        };
+        if !self.writer.leadership().is_leader() {
+            return Err(Error::NotLeader);
+        }
+        let pp = PostParams {
+            field_manager: Some(writes::FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        match existing {
+            None => api
+                .create(&pp, &secret)
+                .await
+                .map_err(|e| err("create", e))?,
+            Some(_) => api
+                .replace(name, &pp, &secret)
+                .await
+                .map_err(|e| err("replace", e))?,
+        };
+        self.shared.metrics.write("last_config");
+        tracing::info!(secret = %name, "persisted the accepted configuration");
+        Ok(())
+    }
 }
 
-/// Removes every reference and Secret the controller owns, in every namespace (for uninstall).
-/// Returns (references removed, Secrets deleted).
-pub async fn cleanup(
-    client: Client,
-    secret_name: &str,
-    metrics: &Metrics,
-) -> Result<(usize, usize), Error> {
-    let sa_api = Api::<ServiceAccount>::all(client.clone());
-    let sas = sa_api
-        .list(&Default::default())
-        .await
-        .map_err(|e| Error::Kube {
-            action: "list",
-            kind: "ServiceAccount",
-            object: "all namespaces".into(),
-            source: Box::new(e),
-        })?;
-    let mut refs = 0;
-    for sa in sas.items {
-        let ns = sa.namespace().unwrap_or_default();
-        let api = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
-        if writes::ensure_reference(&api, &sa, secret_name, false, metrics)
-            .await?
-            .is_some()
-        {
-            refs += 1;
+/// Leads until `leadership` is lost: runs the refresher, the workers and the configuration
+/// duties, and queues namespaces as the index, the configuration and the content change.
+pub async fn lead(shared: Arc<Shared>, leadership: Leadership) {
+    let (content_tx, content_rx) = watch::channel(None);
+    let events = Events::new(
+        shared.client.clone(),
+        shared.reporter.clone(),
+        leadership.clone(),
+    );
+    let term = Arc::new(Term {
+        writer: Writer::new(
+            shared.client.clone(),
+            leadership.clone(),
+            shared.metrics.clone(),
+        ),
+        events: events.clone(),
+        content: content_rx.clone(),
+        queue: WorkQueue::default(),
+        failures: Mutex::default(),
+        blocked: Mutex::default(),
+        shared: shared.clone(),
+    });
+    shared.readiness.leading.store(true, Ordering::Relaxed);
+    shared.metrics.leader.set(1);
+    let refresher = Refresher {
+        registry: shared.registry.clone(),
+        metrics: shared.metrics.clone(),
+        events,
+    };
+    let view_rx = shared.view.clone();
+    let mut tasks = vec![tokio::spawn(async move {
+        refresher.run(view_rx, content_tx).await
+    })];
+    tasks.push(tokio::spawn(term.clone().configuration_duties()));
+    for _ in 0..shared.settings.workers.max(1) {
+        tasks.push(tokio::spawn(term.clone().work()));
+    }
+    let mut view = shared.view.clone();
+    let mut content = content_rx;
+    // Everything is looked at once now; what changed before is part of that.
+    shared.index.take_dirty();
+    term.enqueue_all();
+    loop {
+        tokio::select! {
+            _ = leadership.lost() => break,
+            changed = view.changed() => {
+                if changed.is_err() { break }
+                view.borrow_and_update();
+                term.enqueue_all();
+            }
+            changed = content.changed() => {
+                if changed.is_err() { break }
+                let ok = content.borrow_and_update().is_some();
+                shared.readiness.content_ok.store(ok, Ordering::Relaxed);
+                term.enqueue_all();
+            }
+            _ = shared.index.changed() => {
+                for ns in shared.index.take_dirty() {
+                    term.enqueue_if_needed(ns);
+                }
+            }
         }
     }
-    let secrets = Api::<Secret>::all(client.clone())
-        .list(
-            &kube::api::ListParams::default()
-                .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")),
-        )
-        .await
-        .map_err(|e| Error::Kube {
-            action: "list",
-            kind: "Secret",
-            object: "all namespaces".into(),
-            source: Box::new(e),
-        })?;
-    let mut deleted = 0;
-    for s in secrets.items {
-        let api = Api::<Secret>::namespaced(client.clone(), &s.namespace().unwrap_or_default());
-        if writes::delete_secret(&api, &s, metrics).await? {
-            deleted += 1;
-        }
+    for t in &tasks {
+        t.abort();
     }
-    Ok((refs, deleted))
+    for t in tasks {
+        let _ = t.await;
+    }
+    // A replica that does not lead reports no expiry: the leader's figures are the truth.
+    shared.metrics.token_expiry.clear();
+    shared.metrics.leader.set(0);
+    shared.readiness.leading.store(false, Ordering::Relaxed);
+    shared.readiness.content_ok.store(false, Ordering::Relaxed);
 }

@@ -47,8 +47,11 @@ pub struct Cache<K, V, E> {
 }
 
 impl<K, V, E> Default for Cache<K, V, E> {
+    /// A short failure backoff: it only makes callers that queue behind a failing fetch share its
+    /// error. When to try again is the caller's decision (the controller's refresher caps its
+    /// retries by the time the current password has left).
     fn default() -> Self {
-        Cache::with_failure_backoff(Duration::from_secs(1), Duration::from_secs(60))
+        Cache::with_failure_backoff(Duration::from_millis(250), Duration::from_secs(1))
     }
 }
 

@@ -424,29 +424,36 @@ impl Registry {
     pub async fn token(&self, inst: &InstanceRef) -> Result<UsableToken, CredentialError> {
         self.tokens
             .get(inst, || async {
-                let cred = self.chain.credential(&inst.auth).await?;
-                let token = match &inst.edition {
-                    Edition::Enterprise { instance_id } => {
-                        self.cr
-                            .enterprise_token(&cred, &inst.region, instance_id)
-                            .await?
-                    }
-                    Edition::Personal => self.cr.personal_token(&cred, &inst.region).await?,
-                };
-                let usable_until = match cred.expiration {
-                    Some(c) => token.expires_at.min(c),
-                    None => token.expires_at,
-                };
-                let refresh_at = refresh_point(Timestamp::now(), usable_until, self.chain.threshold());
-                tracing::info!(instance = ?inst.edition, region = %inst.region, %usable_until, "obtained registry token");
-                let t = UsableToken {
-                    token,
-                    usable_until,
-                    refresh_at,
-                };
-                Ok((t.clone(), refresh_at))
+                let t = self.fetch_token(inst).await?;
+                let refresh_at = t.refresh_at;
+                Ok((t, refresh_at))
             })
             .await
+    }
+
+    /// A new registry login for the instance, whatever is cached (the credentials behind it
+    /// still come from the chain's caches).
+    pub async fn fetch_token(&self, inst: &InstanceRef) -> Result<UsableToken, CredentialError> {
+        let cred = self.chain.credential(&inst.auth).await?;
+        let token = match &inst.edition {
+            Edition::Enterprise { instance_id } => {
+                self.cr
+                    .enterprise_token(&cred, &inst.region, instance_id)
+                    .await?
+            }
+            Edition::Personal => self.cr.personal_token(&cred, &inst.region).await?,
+        };
+        let usable_until = match cred.expiration {
+            Some(c) => token.expires_at.min(c),
+            None => token.expires_at,
+        };
+        let refresh_at = refresh_point(Timestamp::now(), usable_until, self.chain.threshold());
+        tracing::info!(instance = ?inst.edition, region = %inst.region, %usable_until, "obtained registry token");
+        Ok(UsableToken {
+            token,
+            usable_until,
+            refresh_at,
+        })
     }
 
     /// The registry domains of an Enterprise instance's enabled endpoints.

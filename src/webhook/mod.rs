@@ -12,12 +12,14 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
 use crate::config::Config;
+use crate::index::Index;
 
 /// The JSON patch that adds our reference to a ServiceAccount being created, if the
 /// configuration selects it and it lacks the reference.
 pub fn patch_for(
     sa: &ServiceAccount,
     namespace: &str,
+    labels: &std::collections::BTreeMap<String, String>,
     config: &Config,
     secret_name: &str,
 ) -> Option<json_patch::Patch> {
@@ -27,7 +29,7 @@ pub fn patch_for(
         .as_deref()
         .or(sa.metadata.generate_name.as_deref())
         .unwrap_or_default();
-    if !config.namespaces.contains(namespace) {
+    if !config.selects_namespace(namespace, labels) {
         return None;
     }
     // A generateName'd ServiceAccount's final name is unknown here; only `*` selects it.
@@ -50,11 +52,22 @@ pub fn patch_for(
     serde_json::from_value(op).ok()
 }
 
-/// Answers one AdmissionReview. Always allows; adds the patch when one applies.
+/// Whether a Secret of our name that is not ours stands in namespace `ns` (then no
+/// ServiceAccount there gets the reference, as the controller does).
+fn name_taken(index: &Index, ns: &str) -> bool {
+    index
+        .namespace(ns)
+        .and_then(|n| n.secret.as_ref())
+        .is_some_and(|s| !s.managed)
+}
+
+/// Answers one AdmissionReview from the configuration in force and the index. Always allows;
+/// adds the patch when one applies.
 pub fn review(
     review: AdmissionReview<ServiceAccount>,
     config: Option<&Config>,
     secret_name: &str,
+    index: &Index,
 ) -> AdmissionReview<DynamicObject> {
     let request: AdmissionRequest<ServiceAccount> = match review.try_into() {
         Ok(r) => r,
@@ -64,7 +77,15 @@ pub fn review(
     let patch = match (&request.operation, &request.object, config) {
         (Operation::Create, Some(sa), Some(cfg)) if cfg.webhook.enable => {
             let ns = request.namespace.as_deref().unwrap_or_default();
-            patch_for(sa, ns, cfg, secret_name)
+            let labels = index
+                .namespace(ns)
+                .map(|n| n.labels.clone())
+                .unwrap_or_default();
+            if name_taken(index, ns) {
+                None
+            } else {
+                patch_for(sa, ns, &labels, cfg, secret_name)
+            }
         }
         _ => None,
     };
@@ -117,6 +138,10 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    fn none() -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
     fn apply(sa: &ServiceAccount, patch: &json_patch::Patch) -> Vec<String> {
         let mut doc = serde_json::to_value(sa).unwrap_or_default();
         json_patch::patch(&mut doc, patch).unwrap_or_else(|e| panic!("{e}"));
@@ -133,7 +158,7 @@ mod tests {
     #[test]
     fn selected_service_accounts_get_the_reference_appended() {
         let cfg = config("team-a", "default,builder", true);
-        let p = patch_for(&sa(Some("builder"), None), "team-a", &cfg, "ours");
+        let p = patch_for(&sa(Some("builder"), None), "team-a", &none(), &cfg, "ours");
         assert_eq!(
             apply(
                 &sa(Some("builder"), None),
@@ -142,28 +167,30 @@ mod tests {
             vec!["ours"]
         );
         let existing = sa(Some("default"), Some(&["theirs"]));
-        let p = patch_for(&existing, "team-a", &cfg, "ours").unwrap_or_else(|| panic!("no patch"));
+        let p = patch_for(&existing, "team-a", &none(), &cfg, "ours")
+            .unwrap_or_else(|| panic!("no patch"));
         assert_eq!(apply(&existing, &p), vec!["theirs", "ours"]);
     }
 
     #[test]
     fn unselected_or_already_referenced_service_accounts_are_untouched() {
         let cfg = config("team-a", "default", true);
-        assert!(patch_for(&sa(Some("default"), None), "team-b", &cfg, "ours").is_none());
-        assert!(patch_for(&sa(Some("other"), None), "team-a", &cfg, "ours").is_none());
+        assert!(patch_for(&sa(Some("default"), None), "team-b", &none(), &cfg, "ours").is_none());
+        assert!(patch_for(&sa(Some("other"), None), "team-a", &none(), &cfg, "ours").is_none());
         assert!(
             patch_for(
                 &sa(Some("default"), Some(&["ours"])),
                 "team-a",
+                &none(),
                 &cfg,
                 "ours"
             )
             .is_none()
         );
         // generateName: only `*` can select a name not known yet.
-        assert!(patch_for(&sa(None, None), "team-a", &cfg, "ours").is_none());
+        assert!(patch_for(&sa(None, None), "team-a", &none(), &cfg, "ours").is_none());
         let all = config("all", "*", true);
-        assert!(patch_for(&sa(None, None), "any", &all, "ours").is_some());
+        assert!(patch_for(&sa(None, None), "any", &none(), &all, "ours").is_some());
     }
 
     fn admission(sa_name: &str, ns: &str, op: &str) -> AdmissionReview<ServiceAccount> {
@@ -195,10 +222,12 @@ mod tests {
     fn reviews_always_allow_and_patch_only_when_enabled_and_selected() {
         let on = config("team-a", "default", true);
         let off = config("team-a", "default", false);
+        let index = Index::default();
         let r = response(&review(
             admission("default", "team-a", "CREATE"),
             Some(&on),
             "ours",
+            &index,
         ));
         assert_eq!(r["allowed"], true);
         assert_eq!(r["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
@@ -209,9 +238,46 @@ mod tests {
             (None, "team-a", "CREATE"),
             (Some(&on), "team-a", "UPDATE"),
         ] {
-            let r = response(&review(admission("default", ns, op), cfg, "ours"));
+            let r = response(&review(admission("default", ns, op), cfg, "ours", &index));
             assert_eq!(r["allowed"], true);
             assert!(r.get("patch").is_none_or(serde_json::Value::is_null), "{r}");
         }
+    }
+
+    #[test]
+    fn no_reference_where_a_foreign_secret_holds_the_name() {
+        let on = config("team-a", "default", true);
+        let mut index = Index::default();
+        let foreign: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "team-a", "name": "ours", "uid": "u", "resourceVersion": "1"},
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        index.apply_secret(&foreign);
+        let r = response(&review(
+            admission("default", "team-a", "CREATE"),
+            Some(&on),
+            "ours",
+            &index,
+        ));
+        assert_eq!(r["allowed"], true);
+        assert!(r.get("patch").is_none_or(serde_json::Value::is_null), "{r}");
+        // Our own Secret there is no obstacle.
+        let mut ours = foreign;
+        ours.metadata.labels = Some(
+            [(
+                crate::render::MANAGED_BY_LABEL.to_owned(),
+                crate::render::MANAGED_BY_VALUE.to_owned(),
+            )]
+            .into(),
+        );
+        ours.metadata.resource_version = Some("2".into());
+        index.apply_secret(&ours);
+        let r = response(&review(
+            admission("default", "team-a", "CREATE"),
+            Some(&on),
+            "ours",
+            &index,
+        ));
+        assert_eq!(r["patchType"], "JSONPatch");
     }
 }

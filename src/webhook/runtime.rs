@@ -1,9 +1,10 @@
-//! The webhook at run time. Every replica serves it from its own watches (the TLS Secret and the
-//! ConfigMap); the leader keeps the certificate Secret and the MutatingWebhookConfiguration in
-//! line with the configuration.
+//! The webhook at run time. Every replica serves it, from the configuration in force, its own
+//! index and its own watch of the TLS Secret; the leader keeps the certificate Secret and the
+//! MutatingWebhookConfiguration in line with the configuration.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -11,16 +12,20 @@ use axum::routing::post;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use kube::core::admission::AdmissionReview;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+use tokio::sync::watch;
 
 use super::certs::{self, Bundle};
 use super::server::ReloadingCert;
-use crate::config::{self, Config};
+use crate::config;
+use crate::config_source::ConfigView;
+use crate::index::SharedIndex;
+use crate::leader::Leadership;
 use crate::render::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
 /// Where and how the webhook is served and registered.
@@ -35,6 +40,8 @@ pub struct WebhookSettings {
     pub extra_sans: Vec<String>,
     pub configuration_name: String,
     pub tls_secret: String,
+    /// How long a client may take for the TLS handshake, and then for its request headers.
+    pub client_timeout: Duration,
 }
 
 /// The name of the one webhook in the configuration.
@@ -56,7 +63,8 @@ impl WebhookSettings {
 
 #[derive(Clone)]
 struct ServeState {
-    config: Arc<RwLock<Option<Arc<Config>>>>,
+    view: watch::Receiver<Arc<ConfigView>>,
+    index: Arc<SharedIndex>,
     secret_name: String,
 }
 
@@ -64,29 +72,29 @@ async fn mutate(
     State(s): State<ServeState>,
     Json(review): Json<AdmissionReview<ServiceAccount>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
-    let config = s
-        .config
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    Json(super::review(review, config.as_deref(), &s.secret_name))
+    let view = s.view.borrow().clone();
+    let index = s.index.read();
+    Json(super::review(
+        review,
+        view.config().map(|c| &**c),
+        &s.secret_name,
+        &index,
+    ))
 }
 
 /// Serves the webhook on this replica until `shutdown`: loads the certificate from the Secret
-/// (and again whenever it changes) and answers from the last good configuration.
+/// (and again whenever it changes) and answers from the configuration in force and the index.
 pub async fn serve(
     client: Client,
     settings: WebhookSettings,
-    config_namespace: String,
-    config_name: String,
-    region: Option<String>,
+    namespace: String,
+    view: watch::Receiver<Arc<ConfigView>>,
+    index: Arc<SharedIndex>,
     secret_name: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let cert = Arc::new(ReloadingCert::default());
-    let config: Arc<RwLock<Option<Arc<Config>>>> = Arc::default();
-
-    let secrets = Api::<Secret>::namespaced(client.clone(), &config_namespace);
+    let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
     let tls_watch = watcher(
         secrets,
         watcher::Config::default().fields(&format!("metadata.name={}", settings.tls_secret)),
@@ -112,73 +120,71 @@ pub async fn serve(
         }
     });
 
-    let cms = Api::<ConfigMap>::namespaced(client.clone(), &config_namespace);
-    let cm_watch = watcher(
-        cms,
-        watcher::Config::default().fields(&format!("metadata.name={config_name}")),
-    )
-    .default_backoff();
-    let store = config.clone();
-    let config_task = tokio::spawn(async move {
-        let mut events = std::pin::pin!(cm_watch);
-        while let Some(event) = events.next().await {
-            let cm = match event {
-                Ok(watcher::Event::Apply(cm)) | Ok(watcher::Event::InitApply(cm)) => cm,
-                Ok(watcher::Event::Delete(_)) => {
-                    *store
-                        .write()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-                    continue;
-                }
-                _ => continue,
-            };
-            let data: BTreeMap<String, String> = cm.data.unwrap_or_default();
-            // An unusable edit keeps the last good configuration, as in the controller.
-            if let Ok(parsed) = config::parse(&data, region.as_deref()) {
-                *store
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                    Some(Arc::new(parsed.config));
-            }
-        }
-    });
-
     let router = axum::Router::new()
         .route("/mutate", post(mutate))
         .with_state(ServeState {
-            config,
+            view,
+            index,
             secret_name,
         });
-    let result = super::server::serve(settings.addr, cert, router, shutdown).await;
+    let result = super::server::serve(
+        settings.addr,
+        cert,
+        router,
+        settings.client_timeout,
+        shutdown,
+    )
+    .await;
     tls_task.abort();
-    config_task.abort();
     result
+}
+
+/// Why the webhook could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Certificate(#[from] certs::CertError),
+    #[error("this replica is not the leader (any more); it writes nothing")]
+    NotLeader,
+}
+
+fn guard(leadership: &Leadership) -> Result<(), RegisterError> {
+    if leadership.is_leader() {
+        Ok(())
+    } else {
+        Err(RegisterError::NotLeader)
+    }
 }
 
 /// Leader duty: the certificate Secret exists and is fresh, and the MutatingWebhookConfiguration
 /// matches `webhook` (deleted when disabled). Writes only what differs.
 pub async fn reconcile(
     client: &Client,
+    leadership: &Leadership,
     settings: &WebhookSettings,
     namespace: &str,
     webhook: &config::WebhookConfig,
-) -> Result<(), kube::Error> {
+) -> Result<(), RegisterError> {
     let mwcs = Api::<MutatingWebhookConfiguration>::all(client.clone());
     if !webhook.enable {
         if mwcs.get_opt(&settings.configuration_name).await?.is_some() {
+            guard(leadership)?;
             mwcs.delete(&settings.configuration_name, &DeleteParams::default())
                 .await?;
             tracing::info!(name = %settings.configuration_name, "webhook disabled: removed its MutatingWebhookConfiguration");
         }
         return Ok(());
     }
-    let bundle = ensure_certificate(client, settings, namespace).await?;
+    let bundle = ensure_certificate(client, leadership, settings, namespace).await?;
     let desired = webhook_configuration(settings, namespace, webhook, &bundle.ca_cert);
     let current = mwcs.get_opt(&settings.configuration_name).await?;
     if current.as_ref().map(|c| &c.webhooks) == Some(&desired.webhooks) {
         return Ok(());
     }
-    let pp = PatchParams::apply("aliyun-acr-credential-helper").force();
+    guard(leadership)?;
+    let pp = PatchParams::apply(crate::controller::writes::FIELD_MANAGER).force();
     mwcs.patch(&settings.configuration_name, &pp, &Patch::Apply(&desired))
         .await?;
     tracing::info!(name = %settings.configuration_name, failure_policy = webhook.failure_policy.as_str(), timeout_s = webhook.timeout_seconds, "webhook registered");
@@ -187,9 +193,10 @@ pub async fn reconcile(
 
 async fn ensure_certificate(
     client: &Client,
+    leadership: &Leadership,
     settings: &WebhookSettings,
     namespace: &str,
-) -> Result<Bundle, kube::Error> {
+) -> Result<Bundle, RegisterError> {
     let api = Api::<Secret>::namespaced(client.clone(), namespace);
     let sans = settings.sans(namespace);
     let sans_text = sans.join(",");
@@ -210,8 +217,7 @@ async fn ensure_certificate(
     let issued = match &old {
         Some(b) => certs::renew(b, &sans, now),
         None => certs::generate(&sans, now),
-    }
-    .map_err(|e| kube::Error::Service(e.to_string().into()))?;
+    }?;
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(settings.tls_secret.clone()),
@@ -236,6 +242,7 @@ async fn ensure_certificate(
         data: Some(issued.data()),
         ..Default::default()
     };
+    guard(leadership)?;
     match existing {
         None => api.create(&PostParams::default(), &secret).await?,
         Some(_) => {
@@ -277,7 +284,11 @@ fn webhook_configuration(
             "timeoutSeconds": webhook.timeout_seconds,
             "matchPolicy": "Equivalent",
             "reinvocationPolicy": "Never",
-            "namespaceSelector": {},
+            // Never the controller's own namespace: with `failure-policy: Fail` an unreachable
+            // webhook could otherwise block the ServiceAccounts of its own pods.
+            "namespaceSelector": {"matchExpressions": [{
+                "key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [namespace],
+            }]},
             "objectSelector": {},
             "rules": [{
                 "apiGroups": [""],

@@ -177,6 +177,12 @@ impl FakeCloud {
             .await;
     }
 
+    /// Removes every queued fault: the cloud answers again.
+    pub async fn clear_faults(&self) {
+        self.control(reqwest::Method::PUT, "/_fake/faults", None)
+            .await;
+    }
+
     /// Merges top-level keys into the fake's configuration.
     pub async fn configure(&self, patch: Value) {
         self.control(reqwest::Method::POST, "/_fake/config", Some(patch))

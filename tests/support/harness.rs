@@ -19,6 +19,18 @@ use super::{TestNamespace, control_plane, wait_until};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_aliyun-acr-credential-helper");
 
+/// One write the audit log recorded.
+#[derive(Debug, Clone)]
+pub struct AuditedWrite {
+    pub at: jiff::Timestamp,
+    pub replica: String,
+    pub verb: String,
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+    pub code: u64,
+}
+
 pub struct Harness {
     pub client: Client,
     pub fake: FakeCloud,
@@ -190,6 +202,30 @@ impl Harness {
         .collect()
     }
 
+    /// Starts a replica named `identity` (as the Lease and the audit log's user agent show it).
+    pub fn start_as(&self, identity: &str, extra: &[&str]) -> ControllerProcess {
+        let mut args = vec!["--identity", identity];
+        args.extend_from_slice(extra);
+        self.start(&args)
+    }
+
+    /// The flags that point `cleanup` at this harness's names.
+    pub fn cleanup_flags(&self) -> Vec<String> {
+        [
+            "--config-namespace",
+            &self.config_ns.name,
+            "--secret-name",
+            &self.secret_name,
+            "--lease-duration",
+            "4s",
+            "--lease-grace",
+            "2s",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    }
+
     /// Starts the controller with the base arguments and `extra`.
     pub fn start(&self, extra: &[&str]) -> ControllerProcess {
         let port = free_port();
@@ -338,6 +374,48 @@ impl Harness {
                     e["objectRef"]["resource"].as_str(),
                     Some("events" | "leases")
                 )
+            })
+            .collect()
+    }
+
+    /// Every write (create, update, patch, delete) of Secrets and ServiceAccounts the
+    /// controller's identity made, as (when the API server finished it, the replica named in the
+    /// user agent, verb, resource, namespace, name, response code).
+    pub fn audited_product_writes(&self) -> Vec<AuditedWrite> {
+        self.audited_writes()
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e["objectRef"]["resource"].as_str(),
+                    Some("secrets" | "serviceaccounts")
+                )
+            })
+            .map(|e| AuditedWrite {
+                at: e["stageTimestamp"]
+                    .as_str()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+                replica: e["userAgent"]
+                    .as_str()
+                    .and_then(|ua| {
+                        ua.rsplit_once('(')
+                            .map(|(_, r)| r.trim_end_matches(')').to_owned())
+                    })
+                    .unwrap_or_default(),
+                verb: e["verb"].as_str().unwrap_or_default().to_owned(),
+                resource: e["objectRef"]["resource"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                namespace: e["objectRef"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                name: e["objectRef"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                code: e["responseStatus"]["code"].as_u64().unwrap_or(0),
             })
             .collect()
     }

@@ -1,0 +1,179 @@
+//! `cleanup`: removes everything the controller wrote, and works while replicas run.
+//!
+//! 1. It marks the ConfigMap (annotation [`CLEANUP_ANNOTATION`]): every replica then stands down,
+//!    as with a missing ConfigMap, and the mark outlives this command, so no replica starts
+//!    writing again afterwards (uninstall deletes the ConfigMap with it; to resume without
+//!    uninstalling, remove the annotation).
+//! 2. It takes the leader Lease, whoever holds it, and waits until the previous holder's right to
+//!    write has surely run out (the Lease's duration): from then on it is the only writer.
+//! 3. It removes every reference to the pull Secret, every pull Secret of ours, the webhook
+//!    registration and its certificate, and the persisted configuration; then releases the Lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use super::Error;
+use super::writes::{FIELD_MANAGER, Writer};
+use crate::config_source::CLEANUP_ANNOTATION;
+use crate::index::SaState;
+use crate::leader::{Elector, Leadership, LeaseConfig};
+use crate::metrics::Metrics;
+use crate::render::{is_managed, reference_needs_change};
+
+/// What `cleanup` removes, and the Lease it takes.
+#[derive(Debug, Clone)]
+pub struct CleanupSettings {
+    pub config_namespace: String,
+    pub config_name: String,
+    pub secret_name: String,
+    pub last_config_secret: String,
+    pub webhook_configuration: String,
+    pub webhook_tls_secret: String,
+    pub lease: LeaseConfig,
+}
+
+/// What `cleanup` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub references: usize,
+    pub secrets: usize,
+    pub webhook: bool,
+}
+
+fn kube_err(action: &'static str, kind: &'static str, object: &str, e: kube::Error) -> Error {
+    Error::Kube {
+        action,
+        kind,
+        object: object.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+/// Runs the whole cleanup. `lease_client` should be a client of its own.
+pub async fn cleanup(
+    client: Client,
+    lease_client: Client,
+    s: &CleanupSettings,
+    metrics: Arc<Metrics>,
+) -> Result<Report, Error> {
+    // 1. The mark: replicas stand down and stay down.
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), &s.config_namespace);
+    let mark = json!({"metadata": {"annotations": {CLEANUP_ANNOTATION: jiff::Timestamp::now().to_string()}}});
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    match cms.patch(&s.config_name, &pp, &Patch::Merge(&mark)).await {
+        Ok(_) => {
+            tracing::info!(configmap = %s.config_name, "marked the ConfigMap: every replica stands down")
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            tracing::info!(configmap = %s.config_name, "no ConfigMap: the replicas do nothing already")
+        }
+        Err(e) => return Err(kube_err("patch", "ConfigMap", &s.config_name, e)),
+    }
+
+    // 2. The Lease: the previous leader stops writing before this command starts.
+    let leadership = Leadership::new();
+    let mut elector = Elector::new(lease_client.clone(), s.lease.clone(), leadership.clone());
+    let wait = elector.preempt().await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let keeper = tokio::spawn(
+        Elector::new(lease_client, s.lease.clone(), leadership.clone()).run(async {
+            let _ = stop_rx.await;
+        }),
+    );
+    if !wait.is_zero() {
+        tracing::info!(
+            wait_s = wait.as_secs(),
+            "took the leader Lease; waiting until the previous leader has surely stopped writing"
+        );
+        tokio::time::sleep(wait).await;
+    }
+    let writer = Writer::new(client.clone(), leadership, metrics);
+    let result = remove_everything(&client, &writer, s).await;
+
+    // 3. Give the Lease back: a replica may lead again, and finds the mark.
+    let _ = stop_tx.send(());
+    let _ = keeper.await;
+    result
+}
+
+async fn remove_everything(
+    client: &Client,
+    writer: &Writer,
+    s: &CleanupSettings,
+) -> Result<Report, Error> {
+    let mut report = Report::default();
+    let sas = Api::<ServiceAccount>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| kube_err("list", "ServiceAccount", "all namespaces", e))?;
+    for sa in sas.items {
+        let names: Vec<String> = sa
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .collect();
+        if !reference_needs_change(names.iter().map(String::as_str), &s.secret_name, false) {
+            continue;
+        }
+        let ns = sa.namespace().unwrap_or_default();
+        let known = SaState {
+            resource_version: sa.resource_version().unwrap_or_default(),
+            pull_secrets: names,
+        };
+        if writer
+            .ensure_reference(&ns, &sa.name_any(), &known, &s.secret_name, false)
+            .await?
+            .is_some()
+        {
+            report.references += 1;
+        }
+    }
+    let secrets = Api::<Secret>::all(client.clone())
+        .list(&ListParams::default().fields(&format!("metadata.name={}", s.secret_name)))
+        .await
+        .map_err(|e| kube_err("list", "Secret", "all namespaces", e))?;
+    for secret in secrets.items.iter().filter(|x| is_managed(&x.metadata)) {
+        let ns = secret.namespace().unwrap_or_default();
+        if writer
+            .delete_secret(&ns, &s.secret_name, &secret.uid().unwrap_or_default())
+            .await?
+        {
+            report.secrets += 1;
+        }
+    }
+    report.webhook = crate::webhook::runtime::remove(client, &s.webhook_configuration)
+        .await
+        .map_err(|e| {
+            kube_err(
+                "delete",
+                "MutatingWebhookConfiguration",
+                &s.webhook_configuration,
+                e,
+            )
+        })?;
+    let own = Api::<Secret>::namespaced(client.clone(), &s.config_namespace);
+    for name in [&s.webhook_tls_secret, &s.last_config_secret] {
+        let found = own
+            .get_opt(name)
+            .await
+            .map_err(|e| kube_err("get", "Secret", name, e))?;
+        if let Some(secret) = found.filter(|x| is_managed(&x.metadata)) {
+            writer
+                .delete_secret(&s.config_namespace, name, &secret.uid().unwrap_or_default())
+                .await?;
+        }
+    }
+    Ok(report)
+}
+
+/// How long `cleanup` may take at most before giving up on a hung API server.
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(600);

@@ -1,0 +1,584 @@
+//! What the controller knows of the cluster: per namespace, whether it exists, its ServiceAccounts'
+//! `imagePullSecrets`, and the Secret that holds our name. Only those fields are kept (not whole
+//! objects), indexed by namespace, so a namespace is planned in O(its ServiceAccounts) and 10,000
+//! namespaces fit in a few MiB.
+//!
+//! Every replica keeps an index from its own watches (the webhook answers from it, and a standby
+//! that takes over starts warm). The index also says which namespaces changed in a way that can
+//! change a decision ("dirty"): a watch event that only repeats what a write of ours already put
+//! here, or that changes nothing we look at, makes no work.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::core::PartialObjectMeta;
+use tokio::sync::Notify;
+
+use crate::render::{ANNOTATION_PREFIX, DOCKER_CONFIG_KEY, is_managed};
+
+/// A namespace as far as the controller's decisions go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NsState {
+    /// The Namespace object has been seen (ServiceAccounts can arrive first).
+    pub exists: bool,
+    pub terminating: bool,
+    pub labels: BTreeMap<String, String>,
+    pub service_accounts: BTreeMap<Arc<str>, SaState>,
+    /// The Secret that holds our name here, ours or not.
+    pub secret: Option<SecretState>,
+}
+
+/// A ServiceAccount: what we may change, and the version we saw it at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaState {
+    pub resource_version: String,
+    pub pull_secrets: Vec<String>,
+}
+
+/// The Secret of our name in a namespace.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretState {
+    pub uid: String,
+    pub resource_version: String,
+    /// Carries our managed-by label.
+    pub managed: bool,
+    pub type_: Option<String>,
+    /// `.dockerconfigjson` when it is the Secret's only key (shared between equal Secrets).
+    pub dockerconfigjson: Option<Arc<[u8]>>,
+    /// Our annotations (expiry, instances).
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for SecretState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretState")
+            .field("uid", &self.uid)
+            .field("resource_version", &self.resource_version)
+            .field("managed", &self.managed)
+            .field("annotations", &self.annotations)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether resourceVersion `a` is older than `b`. resourceVersions are opaque to clients, but
+/// every API server backed by etcd issues increasing integers; when both parse, an older event is
+/// one our own write has already superseded. Only an optimisation: every write still carries a
+/// precondition, so a wrong answer costs a conflict and a re-read, never a lost update.
+fn is_older(a: &str, b: &str) -> bool {
+    matches!((a.parse::<u64>(), b.parse::<u64>()), (Ok(a), Ok(b)) if a < b)
+}
+
+/// Which watch a relist is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Namespace,
+    ServiceAccount,
+    Secret,
+}
+
+/// An object as a relist sees it: its namespace, and its name unless it is the namespace itself
+/// or the one Secret of our name there.
+type Seen = (Arc<str>, Option<Arc<str>>);
+
+/// The index proper: plain data, no I/O.
+#[derive(Debug, Default)]
+pub struct Index {
+    namespaces: HashMap<Arc<str>, NsState>,
+    /// Equal `.dockerconfigjson` values share one allocation.
+    contents: HashSet<Arc<[u8]>>,
+    /// Objects seen during a relist in progress, per kind.
+    relist: HashMap<Kind, HashSet<Seen>>,
+}
+
+impl Index {
+    pub fn namespace(&self, name: &str) -> Option<&NsState> {
+        self.namespaces.get(name)
+    }
+
+    pub fn namespaces(&self) -> impl Iterator<Item = (&Arc<str>, &NsState)> {
+        self.namespaces.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.namespaces.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.namespaces.is_empty()
+    }
+
+    /// Pull Secrets of ours (managed Secrets of our name).
+    pub fn managed_secrets(&self) -> usize {
+        self.namespaces
+            .values()
+            .filter(|n| n.secret.as_ref().is_some_and(|s| s.managed))
+            .count()
+    }
+
+    fn key(&mut self, ns: &str) -> Arc<str> {
+        match self.namespaces.get_key_value(ns) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(ns),
+        }
+    }
+
+    fn entry(&mut self, ns: &str) -> (Arc<str>, &mut NsState) {
+        let key = self.key(ns);
+        let state = self.namespaces.entry(key.clone()).or_default();
+        (key, state)
+    }
+
+    /// Drops a namespace entry that holds nothing any more.
+    fn tidy(&mut self, ns: &str) {
+        if self
+            .namespaces
+            .get(ns)
+            .is_some_and(|n| !n.exists && n.service_accounts.is_empty() && n.secret.is_none())
+        {
+            self.namespaces.remove(ns);
+        }
+    }
+
+    fn seen(&mut self, kind: Kind, ns: &Arc<str>, name: Option<Arc<str>>) {
+        if let Some(set) = self.relist.get_mut(&kind) {
+            set.insert((ns.clone(), name));
+        }
+    }
+
+    fn intern(&mut self, bytes: &[u8]) -> Arc<[u8]> {
+        if let Some(existing) = self.contents.get(bytes) {
+            return existing.clone();
+        }
+        // Forget values no Secret holds any more before adding one.
+        if self.contents.len() >= 8 {
+            self.contents.retain(|c| Arc::strong_count(c) > 1);
+        }
+        let value: Arc<[u8]> = Arc::from(bytes);
+        self.contents.insert(value.clone());
+        value
+    }
+
+    /// A Namespace was added or changed. Returns whether a decision may change.
+    pub fn apply_namespace(&mut self, ns: &PartialObjectMeta<Namespace>) -> bool {
+        let Some(name) = ns.metadata.name.as_deref() else {
+            return false;
+        };
+        let labels = ns.metadata.labels.clone().unwrap_or_default();
+        let terminating = ns.metadata.deletion_timestamp.is_some();
+        let (key, state) = self.entry(name);
+        let changed = !state.exists || state.terminating != terminating || state.labels != labels;
+        state.exists = true;
+        state.terminating = terminating;
+        state.labels = labels;
+        self.seen(Kind::Namespace, &key, None);
+        changed
+    }
+
+    pub fn delete_namespace(&mut self, name: &str) -> bool {
+        let Some(state) = self.namespaces.get_mut(name) else {
+            return false;
+        };
+        let was = state.exists;
+        state.exists = false;
+        state.terminating = false;
+        state.labels.clear();
+        self.tidy(name);
+        was
+    }
+
+    /// A ServiceAccount was added or changed (a watch event, or the answer to our own write).
+    pub fn apply_service_account(&mut self, sa: &ServiceAccount) -> bool {
+        let (Some(ns), Some(name)) = (
+            sa.metadata.namespace.as_deref(),
+            sa.metadata.name.as_deref(),
+        ) else {
+            return false;
+        };
+        let next = SaState {
+            resource_version: sa.metadata.resource_version.clone().unwrap_or_default(),
+            pull_secrets: sa
+                .image_pull_secrets
+                .iter()
+                .flatten()
+                .map(|r| r.name.clone())
+                .collect(),
+        };
+        let (key, state) = self.entry(ns);
+        let name: Arc<str> = match state.service_accounts.get_key_value(name) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(name),
+        };
+        let changed = match state.service_accounts.get(&name) {
+            Some(old) if is_older(&next.resource_version, &old.resource_version) => {
+                self.seen(Kind::ServiceAccount, &key, Some(name));
+                return false;
+            }
+            Some(old) => old.pull_secrets != next.pull_secrets,
+            None => true,
+        };
+        state.service_accounts.insert(name.clone(), next);
+        self.seen(Kind::ServiceAccount, &key, Some(name));
+        changed
+    }
+
+    pub fn delete_service_account(&mut self, ns: &str, name: &str) -> bool {
+        let removed = self
+            .namespaces
+            .get_mut(ns)
+            .and_then(|s| s.service_accounts.remove(name))
+            .is_some();
+        self.tidy(ns);
+        removed
+    }
+
+    /// The Secret of our name was added or changed.
+    pub fn apply_secret(&mut self, secret: &Secret) -> bool {
+        let Some(ns) = secret.metadata.namespace.as_deref() else {
+            return false;
+        };
+        let data = secret.data.as_ref();
+        let dockerconfigjson = match data {
+            Some(d) if d.len() == 1 => d.get(DOCKER_CONFIG_KEY).map(|b| b.0.clone()),
+            _ => None,
+        };
+        let dockerconfigjson = dockerconfigjson.map(|b| self.intern(&b));
+        let next = SecretState {
+            uid: secret.metadata.uid.clone().unwrap_or_default(),
+            resource_version: secret.metadata.resource_version.clone().unwrap_or_default(),
+            managed: is_managed(&secret.metadata),
+            type_: secret.type_.clone(),
+            dockerconfigjson,
+            annotations: secret
+                .metadata
+                .annotations
+                .iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        let (key, state) = self.entry(ns);
+        let changed = match &state.secret {
+            Some(old)
+                if old.uid == next.uid
+                    && is_older(&next.resource_version, &old.resource_version) =>
+            {
+                self.seen(Kind::Secret, &key, None);
+                return false;
+            }
+            Some(old) => {
+                let same = old.uid == next.uid
+                    && old.managed == next.managed
+                    && old.type_ == next.type_
+                    && old.dockerconfigjson == next.dockerconfigjson
+                    && old.annotations == next.annotations;
+                !same
+            }
+            None => true,
+        };
+        state.secret = Some(next);
+        self.seen(Kind::Secret, &key, None);
+        changed
+    }
+
+    /// The Secret of our name is gone from `ns` (only if it still is the object `uid`, when given).
+    pub fn delete_secret(&mut self, ns: &str, uid: Option<&str>) -> bool {
+        let Some(state) = self.namespaces.get_mut(ns) else {
+            return false;
+        };
+        let matches = match (&state.secret, uid) {
+            (Some(s), Some(uid)) => s.uid == uid,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if matches {
+            state.secret = None;
+        }
+        self.tidy(ns);
+        matches
+    }
+
+    /// A watch starts listing everything again: what it does not list by [`Index::end_relist`]
+    /// is gone.
+    pub fn begin_relist(&mut self, kind: Kind) {
+        self.relist.insert(kind, HashSet::new());
+    }
+
+    /// Ends a relist; returns the namespaces where something disappeared.
+    pub fn end_relist(&mut self, kind: Kind) -> Vec<Arc<str>> {
+        let Some(seen) = self.relist.remove(&kind) else {
+            return Vec::new();
+        };
+        let mut dirty = Vec::new();
+        let names: Vec<Arc<str>> = self.namespaces.keys().cloned().collect();
+        for ns in names {
+            let Some(state) = self.namespaces.get_mut(&ns) else {
+                continue;
+            };
+            let changed = match kind {
+                Kind::Namespace => {
+                    let gone = state.exists && !seen.contains(&(ns.clone(), None));
+                    if gone {
+                        state.exists = false;
+                        state.terminating = false;
+                        state.labels.clear();
+                    }
+                    gone
+                }
+                Kind::Secret => {
+                    let gone = state.secret.is_some() && !seen.contains(&(ns.clone(), None));
+                    if gone {
+                        state.secret = None;
+                    }
+                    gone
+                }
+                Kind::ServiceAccount => {
+                    let before = state.service_accounts.len();
+                    state
+                        .service_accounts
+                        .retain(|name, _| seen.contains(&(ns.clone(), Some(name.clone()))));
+                    before != state.service_accounts.len()
+                }
+            };
+            if changed {
+                dirty.push(ns.clone());
+            }
+            self.tidy(&ns);
+        }
+        dirty
+    }
+}
+
+/// The index shared by the watches (writers), the controller and the webhook (readers), with
+/// the set of namespaces that changed since the controller last looked.
+#[derive(Debug, Default)]
+pub struct SharedIndex {
+    index: RwLock<Index>,
+    dirty: Mutex<HashSet<Arc<str>>>,
+    changed: Notify,
+    synced: [AtomicBool; 3],
+}
+
+fn kind_slot(kind: Kind) -> usize {
+    match kind {
+        Kind::Namespace => 0,
+        Kind::ServiceAccount => 1,
+        Kind::Secret => 2,
+    }
+}
+
+impl SharedIndex {
+    pub fn read(&self) -> RwLockReadGuard<'_, Index> {
+        self.index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Changes the index; `f` returns the namespaces whose decisions may have changed.
+    pub fn update<R>(&self, f: impl FnOnce(&mut Index) -> (R, Vec<Arc<str>>)) -> R {
+        let (result, dirty) = {
+            let mut index = self
+                .index
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&mut index)
+        };
+        if !dirty.is_empty() {
+            self.dirty
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(dirty);
+            self.changed.notify_one();
+        }
+        result
+    }
+
+    /// Records the answer to one of our own writes: never makes work.
+    pub fn record(&self, f: impl FnOnce(&mut Index)) {
+        self.update(|i| {
+            f(i);
+            ((), Vec::new())
+        })
+    }
+
+    /// The namespaces that changed since the last call.
+    pub fn take_dirty(&self) -> Vec<Arc<str>> {
+        std::mem::take(
+            &mut *self
+                .dirty
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+        .into_iter()
+        .collect()
+    }
+
+    /// Resolves when namespaces became dirty (or at once if some are).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    pub fn set_synced(&self, kind: Kind) {
+        self.synced[kind_slot(kind)].store(true, Ordering::Relaxed);
+    }
+
+    /// Every watch has listed once.
+    pub fn synced(&self) -> bool {
+        self.synced.iter().all(|s| s.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sa(ns: &str, name: &str, rv: &str, refs: &[&str]) -> ServiceAccount {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": ns, "name": name, "resourceVersion": rv},
+            "imagePullSecrets": refs.iter().map(|r| json!({"name": r})).collect::<Vec<_>>(),
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn namespace(name: &str, labels: serde_json::Value) -> PartialObjectMeta<Namespace> {
+        serde_json::from_value(json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": name, "labels": labels},
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn secret(ns: &str, uid: &str, rv: &str, managed: bool, data: &[u8]) -> Secret {
+        let mut labels = json!({});
+        if managed {
+            labels = json!({"app.kubernetes.io/managed-by": "aliyun-acr-credential-helper"});
+        }
+        serde_json::from_value(json!({
+            "metadata": {"namespace": ns, "name": "s", "uid": uid, "resourceVersion": rv, "labels": labels,
+                         "annotations": {"aliyun-acr-credential-helper/expires-at": "x", "other/thing": "y"}},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": base64_encode(data)},
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn base64_encode(b: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(b)
+    }
+
+    #[test]
+    fn service_accounts_are_indexed_by_namespace_and_only_relevant_changes_count() {
+        let mut i = Index::default();
+        assert!(i.apply_service_account(&sa("a", "default", "10", &[])));
+        assert!(i.apply_service_account(&sa("b", "default", "11", &["x"])));
+        // A new resourceVersion with the same imagePullSecrets (labels changed, say): no work.
+        assert!(!i.apply_service_account(&sa("a", "default", "12", &[])));
+        assert_eq!(
+            i.namespace("a")
+                .and_then(|n| n.service_accounts.get("default"))
+                .map(|s| s.resource_version.as_str()),
+            Some("12")
+        );
+        // imagePullSecrets changed: work.
+        assert!(i.apply_service_account(&sa("a", "default", "13", &["ours"])));
+        // An event older than what our own write recorded is ignored.
+        assert!(!i.apply_service_account(&sa("a", "default", "12", &[])));
+        assert_eq!(
+            i.namespace("a")
+                .and_then(|n| n.service_accounts.get("default"))
+                .map(|s| s.pull_secrets.clone()),
+            Some(vec!["ours".to_owned()])
+        );
+        assert_eq!(i.namespace("b").map(|n| n.service_accounts.len()), Some(1));
+        assert!(i.delete_service_account("b", "default"));
+        assert!(i.namespace("b").is_none(), "an empty entry is dropped");
+        assert!(!i.delete_service_account("b", "default"));
+    }
+
+    #[test]
+    fn namespaces_track_existence_labels_and_termination() {
+        let mut i = Index::default();
+        assert!(i.apply_service_account(&sa("a", "default", "1", &[])));
+        assert!(
+            !i.namespace("a").is_some_and(|n| n.exists),
+            "an SA can arrive first"
+        );
+        assert!(i.apply_namespace(&namespace("a", json!({"team": "x"}))));
+        assert!(!i.apply_namespace(&namespace("a", json!({"team": "x"}))));
+        assert!(i.apply_namespace(&namespace("a", json!({"team": "y"}))));
+        assert_eq!(
+            i.namespace("a")
+                .and_then(|n| n.labels.get("team"))
+                .map(String::as_str),
+            Some("y")
+        );
+        assert!(i.delete_namespace("a"));
+        assert!(
+            i.namespace("a").is_some(),
+            "its ServiceAccount is still known"
+        );
+    }
+
+    #[test]
+    fn secrets_share_equal_contents_and_changes_of_ours_count() {
+        let mut i = Index::default();
+        assert!(i.apply_secret(&secret("a", "u1", "5", true, b"{\"auths\":{}}")));
+        assert!(i.apply_secret(&secret("b", "u2", "6", true, b"{\"auths\":{}}")));
+        let a = i
+            .namespace("a")
+            .and_then(|n| n.secret.clone())
+            .and_then(|s| s.dockerconfigjson);
+        let b = i
+            .namespace("b")
+            .and_then(|n| n.secret.clone())
+            .and_then(|s| s.dockerconfigjson);
+        assert!(matches!((&a, &b), (Some(a), Some(b)) if Arc::ptr_eq(a, b)));
+        // Only our annotations are kept.
+        assert_eq!(
+            i.namespace("a")
+                .and_then(|n| n.secret.as_ref())
+                .map(|s| s.annotations.len()),
+            Some(1)
+        );
+        // The same content at a new version: no work. Older version: ignored.
+        assert!(!i.apply_secret(&secret("a", "u1", "7", true, b"{\"auths\":{}}")));
+        assert!(!i.apply_secret(&secret("a", "u1", "6", true, b"{\"other\":1}")));
+        assert!(i.apply_secret(&secret("a", "u1", "8", true, b"{\"other\":1}")));
+        // A foreign Secret of our name.
+        assert!(i.apply_secret(&secret("c", "u3", "9", false, b"{}")));
+        assert_eq!(i.managed_secrets(), 2);
+        // Deleting another object (uid) than the one we know does nothing.
+        assert!(!i.delete_secret("a", Some("other-uid")));
+        assert!(i.delete_secret("a", Some("u1")));
+        assert_eq!(i.managed_secrets(), 1);
+    }
+
+    #[test]
+    fn a_relist_forgets_what_it_did_not_see() {
+        let mut i = Index::default();
+        i.apply_namespace(&namespace("a", json!({})));
+        i.apply_namespace(&namespace("b", json!({})));
+        i.apply_service_account(&sa("a", "one", "1", &[]));
+        i.apply_service_account(&sa("a", "two", "2", &[]));
+        i.apply_secret(&secret("b", "u", "3", true, b"{}"));
+        i.begin_relist(Kind::ServiceAccount);
+        i.apply_service_account(&sa("a", "one", "1", &[]));
+        assert_eq!(
+            i.end_relist(Kind::ServiceAccount),
+            vec![Arc::<str>::from("a")]
+        );
+        assert_eq!(i.namespace("a").map(|n| n.service_accounts.len()), Some(1));
+        i.begin_relist(Kind::Secret);
+        assert_eq!(i.end_relist(Kind::Secret), vec![Arc::<str>::from("b")]);
+        i.begin_relist(Kind::Namespace);
+        i.apply_namespace(&namespace("a", json!({})));
+        let gone = i.end_relist(Kind::Namespace);
+        assert_eq!(gone, vec![Arc::<str>::from("b")]);
+        assert!(i.namespace("b").is_none());
+        assert!(i.namespace("a").is_some_and(|n| n.exists));
+    }
+}

@@ -1,0 +1,561 @@
+//! Leader election on a `coordination.k8s.io` Lease, with a renew deadline.
+//!
+//! The protocol is client-go's: every replica reads the Lease every `retry` period. The holder
+//! renews it; another replica takes it over only once it has seen the same record, unrenewed, for
+//! the whole `leaseDurationSeconds` by its own clock. The holder counts as leader only until
+//! `renew deadline = duration - grace` after the start of its last successful renewal: a holder
+//! that cannot renew (API server unreachable, its Lease updates denied) stops writing at that
+//! moment, `grace` before anyone else may take over. [`Leadership::is_leader`] checks that
+//! deadline on every call, so a writer never relies on this loop being scheduled in time.
+//!
+//! The Lease traffic uses a client of its own, so a connection pool saturated by reconcile writes
+//! cannot delay a renewal.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+use tokio::sync::watch;
+
+/// Where the Lease is and how it is held.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    /// How long a record stays valid without renewal (what others wait before taking over).
+    pub duration: Duration,
+    /// How long before others may take over the holder stops writing.
+    pub grace: Duration,
+    /// How often the Lease is read (and renewed by its holder).
+    pub retry: Duration,
+}
+
+impl LeaseConfig {
+    /// How long after the start of its last successful renewal the holder may still write.
+    pub fn renew_deadline(&self) -> Duration {
+        self.duration
+            .saturating_sub(self.grace)
+            .max(Duration::from_millis(500))
+    }
+
+    /// The retry period, at most a quarter of the renew deadline: a leader gets several tries to
+    /// renew before its deadline passes.
+    pub fn with_sane_retry(mut self) -> LeaseConfig {
+        self.retry = self.retry.min(self.renew_deadline() / 4);
+        self
+    }
+
+    fn duration_seconds(&self) -> i32 {
+        i32::try_from(self.duration.as_secs().max(1)).unwrap_or(i32::MAX)
+    }
+}
+
+/// The part of a Lease the protocol looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub holder: Option<String>,
+    pub duration_seconds: i32,
+    pub renew_time: Option<Timestamp>,
+    pub acquire_time: Option<Timestamp>,
+    pub transitions: i32,
+}
+
+impl Record {
+    pub fn of(lease: &Lease) -> Record {
+        let spec = lease.spec.clone().unwrap_or_default();
+        Record {
+            holder: spec.holder_identity.filter(|h| !h.is_empty()),
+            duration_seconds: spec.lease_duration_seconds.unwrap_or(0),
+            renew_time: spec.renew_time.map(|t| t.0),
+            acquire_time: spec.acquire_time.map(|t| t.0),
+            transitions: spec.lease_transitions.unwrap_or(0),
+        }
+    }
+}
+
+/// Whether `me` may write the Lease: it is free, ours, or its record has not changed for its
+/// whole duration as seen by this replica (`unchanged_for`, measured by the local clock, never
+/// by comparing timestamps written by another machine).
+pub fn may_take(record: Option<&Record>, me: &str, unchanged_for: Duration) -> bool {
+    let Some(r) = record else { return true };
+    match r.holder.as_deref() {
+        None => true,
+        Some(h) if h == me => true,
+        Some(_) => {
+            let secs = u64::try_from(r.duration_seconds.max(1)).unwrap_or(1);
+            unchanged_for >= Duration::from_secs(secs)
+        }
+    }
+}
+
+/// The spec `me` writes when taking or renewing the Lease over `previous`.
+pub fn next_spec(
+    previous: Option<&Record>,
+    me: &str,
+    cfg: &LeaseConfig,
+    now: Timestamp,
+) -> LeaseSpec {
+    let ours = previous.is_some_and(|r| r.holder.as_deref() == Some(me));
+    let transitions = previous.map_or(0, |r| r.transitions);
+    LeaseSpec {
+        holder_identity: Some(me.to_owned()),
+        lease_duration_seconds: Some(cfg.duration_seconds()),
+        acquire_time: Some(MicroTime(if ours {
+            previous.and_then(|r| r.acquire_time).unwrap_or(now)
+        } else {
+            now
+        })),
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: Some(if ours || previous.is_none() {
+            transitions
+        } else {
+            transitions.saturating_add(1)
+        }),
+        ..Default::default()
+    }
+}
+
+/// Whether this replica leads, and until when at the latest. Shared with every writer.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    valid_until: Arc<Mutex<Option<Instant>>>,
+    state: watch::Sender<bool>,
+}
+
+impl Default for Leadership {
+    fn default() -> Self {
+        Leadership::new()
+    }
+}
+
+impl Leadership {
+    /// Not leading (yet).
+    pub fn new() -> Leadership {
+        Leadership {
+            valid_until: Arc::new(Mutex::new(None)),
+            state: watch::channel(false).0,
+        }
+    }
+
+    /// Leading for ever: `--leader-elect=false`, and tests of single writers.
+    pub fn always() -> Leadership {
+        let l = Leadership::new();
+        l.extend(Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600));
+        l
+    }
+
+    /// True while the last renewal is recent enough. Checked before every write.
+    pub fn is_leader(&self) -> bool {
+        self.deadline().is_some_and(|t| Instant::now() < t)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        *self
+            .valid_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn extend(&self, until: Instant) {
+        *self
+            .valid_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(until);
+        self.state.send_if_modified(|s| !std::mem::replace(s, true));
+    }
+
+    fn end(&self) {
+        *self
+            .valid_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        self.state.send_if_modified(|s| std::mem::replace(s, false));
+    }
+
+    /// Changes of leadership: `true` when a term starts, `false` when it ends.
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.state.subscribe()
+    }
+
+    /// Resolves once this term is over: leadership lost, or its deadline passed unrenewed.
+    pub async fn lost(&self) {
+        let mut rx = self.subscribe();
+        loop {
+            if !self.is_leader() {
+                return;
+            }
+            let deadline = self.deadline().unwrap_or_else(Instant::now);
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep_until(deadline) => {},
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("Lease {namespace}/{name}: {source}")]
+    Kube {
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("Lease {namespace}/{name}: no answer within {seconds}s")]
+    Timeout {
+        namespace: String,
+        name: String,
+        seconds: u64,
+    },
+}
+
+/// One replica's view of the Lease over time.
+pub struct Elector {
+    api: Api<Lease>,
+    cfg: LeaseConfig,
+    leadership: Leadership,
+    /// The record last seen, and when it was first seen as it is.
+    observed: Option<(Record, Instant)>,
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+impl Elector {
+    /// `client` should be one of its own (a connection pool not shared with other traffic).
+    pub fn new(client: Client, cfg: LeaseConfig, leadership: Leadership) -> Elector {
+        Elector {
+            api: Api::namespaced(client, &cfg.namespace),
+            cfg,
+            leadership,
+            observed: None,
+        }
+    }
+
+    fn err(&self, e: kube::Error) -> LeaseError {
+        LeaseError::Kube {
+            namespace: self.cfg.namespace.clone(),
+            name: self.cfg.name.clone(),
+            source: Box::new(e),
+        }
+    }
+
+    fn observe(&mut self, record: Option<Record>) -> Duration {
+        match (record, &self.observed) {
+            (None, _) => {
+                self.observed = None;
+                Duration::ZERO
+            }
+            (Some(r), Some((seen, at))) if *seen == r => at.elapsed(),
+            (Some(r), _) => {
+                self.observed = Some((r, Instant::now()));
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// One round of the protocol. `Ok(true)`: this replica holds the Lease now.
+    async fn try_acquire_or_renew(&mut self) -> Result<bool, LeaseError> {
+        let me = self.cfg.identity.clone();
+        let current = self
+            .api
+            .get_opt(&self.cfg.name)
+            .await
+            .map_err(|e| self.err(e))?;
+        let record = current.as_ref().map(Record::of);
+        let unchanged_for = self.observe(record.clone());
+        if !may_take(record.as_ref(), &me, unchanged_for) {
+            return Ok(false);
+        }
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(self.cfg.name.clone()),
+                namespace: Some(self.cfg.namespace.clone()),
+                resource_version: current
+                    .as_ref()
+                    .and_then(|l| l.metadata.resource_version.clone()),
+                ..Default::default()
+            },
+            spec: Some(next_spec(record.as_ref(), &me, &self.cfg, Timestamp::now())),
+        };
+        let written = match current {
+            None => self.api.create(&PostParams::default(), &lease).await,
+            Some(_) => {
+                self.api
+                    .replace(&self.cfg.name, &PostParams::default(), &lease)
+                    .await
+            }
+        };
+        match written {
+            Ok(l) => {
+                self.observe(Some(Record::of(&l)));
+                Ok(true)
+            }
+            // Someone else wrote it first: read again next round.
+            Err(e) if is_conflict(&e) => Ok(false),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Takes the Lease whoever holds it (for `cleanup`). Returns how long the previous holder
+    /// may still believe it leads: wait that long before acting as the only writer.
+    pub async fn preempt(&mut self) -> Result<Duration, LeaseError> {
+        let me = self.cfg.identity.clone();
+        loop {
+            let current = self
+                .api
+                .get_opt(&self.cfg.name)
+                .await
+                .map_err(|e| self.err(e))?;
+            let record = current.as_ref().map(Record::of);
+            let wait = match record.as_ref().and_then(|r| r.holder.as_deref()) {
+                Some(h) if h != me => Duration::from_secs(
+                    u64::try_from(record.as_ref().map_or(0, |r| r.duration_seconds).max(1))
+                        .unwrap_or(1),
+                ),
+                _ => Duration::ZERO,
+            };
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.cfg.name.clone()),
+                    namespace: Some(self.cfg.namespace.clone()),
+                    resource_version: current
+                        .as_ref()
+                        .and_then(|l| l.metadata.resource_version.clone()),
+                    ..Default::default()
+                },
+                spec: Some(next_spec(record.as_ref(), &me, &self.cfg, Timestamp::now())),
+            };
+            let started = Instant::now();
+            let written = match current {
+                None => self.api.create(&PostParams::default(), &lease).await,
+                Some(_) => {
+                    self.api
+                        .replace(&self.cfg.name, &PostParams::default(), &lease)
+                        .await
+                }
+            };
+            match written {
+                Ok(l) => {
+                    self.observe(Some(Record::of(&l)));
+                    self.leadership.extend(started + self.cfg.renew_deadline());
+                    return Ok(wait);
+                }
+                Err(e) if is_conflict(&e) => continue,
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+    }
+
+    /// Gives the Lease up if this replica holds it, so a standby takes over at once.
+    pub async fn release(&mut self) -> Result<(), LeaseError> {
+        self.leadership.end();
+        let Some(mut lease) = self
+            .api
+            .get_opt(&self.cfg.name)
+            .await
+            .map_err(|e| self.err(e))?
+        else {
+            return Ok(());
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(self.cfg.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        match self
+            .api
+            .replace(&self.cfg.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_conflict(&e) => Ok(()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Takes part in the election until `stop` resolves, then releases the Lease if held.
+    pub async fn run(mut self, stop: impl Future<Output = ()>) {
+        let mut stop = std::pin::pin!(stop);
+        let per_call = self.cfg.renew_deadline().min(Duration::from_secs(10));
+        loop {
+            let started = Instant::now();
+            let was_leader = self.leadership.is_leader();
+            let deadline = self.leadership.deadline();
+            let attempt = tokio::time::timeout(per_call, self.try_acquire_or_renew());
+            let outcome = tokio::select! {
+                _ = &mut stop => break,
+                // A renewal that hangs must not keep a leader past its deadline.
+                _ = async {
+                    match deadline {
+                        Some(d) if was_leader => tokio::time::sleep_until(d).await,
+                        _ => std::future::pending().await,
+                    }
+                } => None,
+                r = attempt => Some(r),
+            };
+            match outcome {
+                Some(Ok(Ok(true))) => {
+                    let renewed_late = was_leader && !self.leadership.is_leader();
+                    if renewed_late {
+                        // The deadline passed while renewing: that term is over; a new one starts.
+                        self.leadership.end();
+                    }
+                    self.leadership.extend(started + self.cfg.renew_deadline());
+                    if !was_leader || renewed_late {
+                        tracing::info!(identity = %self.cfg.identity, lease = %self.cfg.name, "became the leader");
+                    }
+                }
+                Some(Ok(Ok(false))) if was_leader || self.leadership.deadline().is_some() => {
+                    tracing::warn!(identity = %self.cfg.identity, "another replica holds the Lease; standing by");
+                    self.leadership.end();
+                }
+                Some(Ok(Ok(false))) => {}
+                Some(Ok(Err(e))) => {
+                    tracing::warn!(error = %e, leader = was_leader, "could not read or renew the Lease");
+                }
+                Some(Err(_)) => {
+                    tracing::warn!(
+                        leader = was_leader,
+                        "{}",
+                        LeaseError::Timeout {
+                            namespace: self.cfg.namespace.clone(),
+                            name: self.cfg.name.clone(),
+                            seconds: per_call.as_secs(),
+                        }
+                    );
+                }
+                None => {}
+            }
+            if self.leadership.deadline().is_some() && !self.leadership.is_leader() {
+                tracing::error!(identity = %self.cfg.identity, "the Lease was not renewed within the renew deadline; stopped writing");
+                self.leadership.end();
+            }
+            // The next round: at once after a renewal that hung, else after the retry period.
+            let next = started + self.cfg.retry;
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tokio::time::sleep_until(next) => {},
+            }
+        }
+        if self.leadership.deadline().is_some() {
+            match tokio::time::timeout(Duration::from_secs(5), self.release()).await {
+                Ok(Ok(())) => tracing::info!("released the Lease"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not release the Lease"),
+                Err(_) => tracing::warn!("could not release the Lease in time"),
+            }
+        }
+        self.leadership.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(holder: Option<&str>, secs: i32) -> Record {
+        Record {
+            holder: holder.map(str::to_owned),
+            duration_seconds: secs,
+            renew_time: Some(Timestamp::UNIX_EPOCH),
+            acquire_time: Some(Timestamp::UNIX_EPOCH),
+            transitions: 3,
+        }
+    }
+
+    fn cfg() -> LeaseConfig {
+        LeaseConfig {
+            namespace: "kube-system".into(),
+            name: "l".into(),
+            identity: "me".into(),
+            duration: Duration::from_secs(15),
+            grace: Duration::from_secs(5),
+            retry: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn a_lease_is_taken_when_free_ours_or_unrenewed_for_its_duration() {
+        let s = Duration::from_secs;
+        assert!(may_take(None, "me", s(0)));
+        assert!(may_take(Some(&record(None, 15)), "me", s(0)));
+        assert!(may_take(Some(&record(Some("me"), 15)), "me", s(0)));
+        assert!(!may_take(Some(&record(Some("other"), 15)), "me", s(14)));
+        assert!(may_take(Some(&record(Some("other"), 15)), "me", s(15)));
+        // A record without a duration counts as one second.
+        assert!(!may_take(
+            Some(&record(Some("other"), 0)),
+            "me",
+            Duration::from_millis(900)
+        ));
+        assert!(may_take(Some(&record(Some("other"), 0)), "me", s(1)));
+    }
+
+    #[test]
+    fn the_renew_deadline_leaves_the_grace_before_takeover() {
+        assert_eq!(cfg().renew_deadline(), Duration::from_secs(10));
+        let odd = LeaseConfig {
+            grace: Duration::from_secs(20),
+            ..cfg()
+        };
+        assert_eq!(odd.renew_deadline(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn the_leader_tries_several_times_before_its_deadline() {
+        assert_eq!(cfg().with_sane_retry().retry, Duration::from_secs(2));
+        let short = LeaseConfig {
+            duration: Duration::from_secs(4),
+            grace: Duration::from_secs(2),
+            ..cfg()
+        };
+        assert_eq!(short.with_sane_retry().retry, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn renewing_keeps_the_acquire_time_and_taking_over_counts_a_transition() {
+        let now: Timestamp = "2026-11-24T10:00:00Z"
+            .parse()
+            .unwrap_or(Timestamp::UNIX_EPOCH);
+        let renewed = next_spec(Some(&record(Some("me"), 15)), "me", &cfg(), now);
+        assert_eq!(
+            renewed.acquire_time.map(|t| t.0),
+            Some(Timestamp::UNIX_EPOCH)
+        );
+        assert_eq!(renewed.renew_time.map(|t| t.0), Some(now));
+        assert_eq!(renewed.lease_transitions, Some(3));
+        assert_eq!(renewed.lease_duration_seconds, Some(15));
+        let taken = next_spec(Some(&record(Some("other"), 15)), "me", &cfg(), now);
+        assert_eq!(taken.acquire_time.map(|t| t.0), Some(now));
+        assert_eq!(taken.lease_transitions, Some(4));
+        assert_eq!(taken.holder_identity.as_deref(), Some("me"));
+        let first = next_spec(None, "me", &cfg(), now);
+        assert_eq!(first.lease_transitions, Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leadership_ends_at_its_deadline_without_anyone_saying_so() {
+        let l = Leadership::new();
+        assert!(!l.is_leader());
+        let mut changes = l.subscribe();
+        l.extend(Instant::now() + Duration::from_secs(10));
+        assert!(l.is_leader());
+        assert!(changes.has_changed().unwrap_or(false));
+        assert!(*changes.borrow_and_update());
+        let started = tokio::time::Instant::now();
+        l.lost().await;
+        assert_eq!(started.elapsed().as_secs(), 10);
+        assert!(!l.is_leader());
+    }
+}

@@ -1,0 +1,125 @@
+//! What to write in a namespace: a pure function of the configuration in force, what the index
+//! knows of the namespace, and the Secret content the credentials give. The controller executes
+//! it; `plan` would print it. No I/O here.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::index::{NsState, SecretState};
+use crate::render::{DOCKER_CONFIG_TYPE, SecretContent, reference_needs_change};
+
+/// What the Secret content will be.
+#[derive(Debug, Clone, Copy)]
+pub enum Desired<'a> {
+    /// No credentials yet: nothing can be created or refreshed; what exists stays.
+    Unavailable,
+    /// The content every selected namespace's Secret should hold.
+    Content(&'a SecretContent),
+    /// Credentials are assumed to come: a missing Secret would be created, an existing one kept
+    /// (used when planning without calling the cloud).
+    Assumed,
+}
+
+/// What happens to the Secret of our name in a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SecretStep {
+    /// Nothing to write (it is right, or absent and not wanted, or cannot be made yet).
+    #[default]
+    Keep,
+    Create,
+    Update,
+    Delete,
+    /// A Secret of our name that is not ours: nothing in this namespace is touched.
+    Blocked,
+}
+
+/// One ServiceAccount gains (`add`) or loses our reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferenceStep {
+    pub service_account: Arc<str>,
+    pub add: bool,
+}
+
+/// Everything to write in one namespace. Execution order: the Secret is created or updated first,
+/// then references are added, then removed, and the Secret is deleted last, so no reference we
+/// add ever points at a Secret we have not written.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NamespacePlan {
+    pub secret: SecretStep,
+    pub references: Vec<ReferenceStep>,
+}
+
+impl NamespacePlan {
+    /// Whether nothing needs writing (a blocked namespace writes nothing either).
+    pub fn is_empty(&self) -> bool {
+        matches!(self.secret, SecretStep::Keep | SecretStep::Blocked) && self.references.is_empty()
+    }
+}
+
+/// Whether the Secret the index holds already has exactly `content`: our label, the type, the
+/// one `.dockerconfigjson` key with the same bytes, and the same annotations of ours.
+pub fn holds(secret: &SecretState, content: &SecretContent) -> bool {
+    secret.managed
+        && secret.type_.as_deref() == Some(DOCKER_CONFIG_TYPE)
+        && secret.dockerconfigjson.as_deref() == Some(content.dockerconfigjson.as_slice())
+        && secret.annotations == content.annotations()
+}
+
+/// The writes that bring namespace `name` in line with `cfg`.
+pub fn plan_namespace(
+    name: &str,
+    ns: &NsState,
+    cfg: &Config,
+    secret_name: &str,
+    desired: Desired<'_>,
+) -> NamespacePlan {
+    // A namespace not seen yet or being deleted: nothing to do (its deletion removes ours).
+    if !ns.exists || ns.terminating {
+        return NamespacePlan::default();
+    }
+    let selected = cfg.selects_namespace(name, &ns.labels);
+    let secret = match (&ns.secret, selected) {
+        (Some(s), _) if !s.managed => {
+            return NamespacePlan {
+                secret: if selected {
+                    SecretStep::Blocked
+                } else {
+                    SecretStep::Keep
+                },
+                references: Vec::new(),
+            };
+        }
+        (Some(_), false) => SecretStep::Delete,
+        (None, false) => SecretStep::Keep,
+        (Some(s), true) => match desired {
+            Desired::Content(c) if !holds(s, c) => SecretStep::Update,
+            _ => SecretStep::Keep,
+        },
+        (None, true) => match desired {
+            Desired::Content(_) | Desired::Assumed => SecretStep::Create,
+            Desired::Unavailable => SecretStep::Keep,
+        },
+    };
+    // A reference is only added where our Secret exists or is about to.
+    let secret_there = matches!(secret, SecretStep::Create)
+        || (selected && ns.secret.as_ref().is_some_and(|s| s.managed));
+    let references = ns
+        .service_accounts
+        .iter()
+        .filter_map(|(sa, state)| {
+            let want = selected && cfg.selects_service_account(sa);
+            if want && !secret_there {
+                return None;
+            }
+            let names = state.pull_secrets.iter().map(String::as_str);
+            reference_needs_change(names, secret_name, want).then(|| ReferenceStep {
+                service_account: sa.clone(),
+                add: want,
+            })
+        })
+        .collect();
+    NamespacePlan { secret, references }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,235 @@
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use secrecy::SecretString;
+
+use super::*;
+use crate::index::SaState;
+use crate::render::{self, Login, MANAGED_BY_VALUE};
+
+const OURS: &str = "acr";
+
+fn config(namespaces: &str, service_accounts: &str) -> Config {
+    let data: BTreeMap<String, String> = [
+        ("watch-namespace", namespaces),
+        ("service-account", service_accounts),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    crate::config::parse(&data, Some("cn-hangzhou"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config
+}
+
+fn content(password: &str) -> SecretContent {
+    let pw = SecretString::from(password.to_owned());
+    SecretContent {
+        dockerconfigjson: render::dockerconfigjson(&[Login {
+            domain: "r.example.com",
+            username: "u",
+            password: &pw,
+        }]),
+        expires_at: Timestamp::UNIX_EPOCH,
+        instances: vec!["cri-a".into()],
+    }
+}
+
+fn secret_state(managed: bool, of: Option<&SecretContent>) -> SecretState {
+    SecretState {
+        uid: "uid".into(),
+        resource_version: "1".into(),
+        managed,
+        type_: Some(DOCKER_CONFIG_TYPE.into()),
+        dockerconfigjson: of.map(|c| Arc::from(c.dockerconfigjson.as_slice())),
+        annotations: of.map(SecretContent::annotations).unwrap_or_default(),
+    }
+}
+
+fn sa(refs: &[&str]) -> SaState {
+    SaState {
+        resource_version: "1".into(),
+        pull_secrets: refs.iter().map(|r| (*r).to_owned()).collect(),
+    }
+}
+
+/// The Secret of a namespace in every state the index can hold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SecretCase {
+    Absent,
+    Current,
+    Stale,
+    Foreign,
+}
+
+fn namespace(
+    exists: bool,
+    terminating: bool,
+    secret: SecretCase,
+    current: &SecretContent,
+) -> NsState {
+    let secret = match secret {
+        SecretCase::Absent => None,
+        SecretCase::Current => Some(secret_state(true, Some(current))),
+        SecretCase::Stale => Some(secret_state(true, Some(&content("old")))),
+        SecretCase::Foreign => Some(secret_state(false, None)),
+    };
+    NsState {
+        exists,
+        terminating,
+        labels: BTreeMap::new(),
+        service_accounts: [
+            ("default", sa(&[])),
+            ("with-ours", sa(&["theirs", OURS])),
+            ("builder", sa(&["theirs"])),
+            ("twice", sa(&[OURS, "theirs", OURS])),
+        ]
+        .into_iter()
+        .map(|(n, s)| (Arc::from(n), s))
+        .collect(),
+        secret,
+    }
+}
+
+#[test]
+fn every_combination_keeps_the_rules() {
+    let current = content("pw");
+    let configs = [
+        (
+            "ns selected, default+with-ours+twice",
+            config("ns", "default,with-ours,twice"),
+        ),
+        ("ns selected, every SA", config("ns", "*")),
+        ("ns selected, no SA of these", config("ns", "nobody")),
+        ("other namespace selected", config("other", "*")),
+    ];
+    for (what, cfg) in &configs {
+        for exists in [true, false] {
+            for terminating in [false, true] {
+                for case in [
+                    SecretCase::Absent,
+                    SecretCase::Current,
+                    SecretCase::Stale,
+                    SecretCase::Foreign,
+                ] {
+                    for desired in [
+                        Desired::Unavailable,
+                        Desired::Content(&current),
+                        Desired::Assumed,
+                    ] {
+                        let ns = namespace(exists, terminating, case, &current);
+                        let plan = plan_namespace("ns", &ns, cfg, OURS, desired);
+                        let ctx = format!(
+                            "{what}, exists={exists} terminating={terminating} {case:?} {desired:?}: {plan:?}"
+                        );
+                        check(&plan, &ns, cfg, case, desired, &ctx);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check(
+    plan: &NamespacePlan,
+    ns: &NsState,
+    cfg: &Config,
+    case: SecretCase,
+    desired: Desired<'_>,
+    ctx: &str,
+) {
+    if !ns.exists || ns.terminating {
+        assert!(plan.is_empty() && plan.secret == SecretStep::Keep, "{ctx}");
+        return;
+    }
+    let selected = cfg.selects_namespace("ns", &ns.labels);
+    // The Secret.
+    let want_secret = match (case, selected, desired) {
+        (SecretCase::Foreign, true, _) => SecretStep::Blocked,
+        (SecretCase::Foreign, false, _) => SecretStep::Keep,
+        (SecretCase::Absent, false, _) => SecretStep::Keep,
+        (_, false, _) => SecretStep::Delete,
+        (SecretCase::Absent, true, Desired::Unavailable) => SecretStep::Keep,
+        (SecretCase::Absent, true, _) => SecretStep::Create,
+        (SecretCase::Stale, true, Desired::Content(_)) => SecretStep::Update,
+        (_, true, _) => SecretStep::Keep,
+    };
+    assert_eq!(plan.secret, want_secret, "{ctx}");
+    // References: never touched next to a foreign Secret.
+    if case == SecretCase::Foreign {
+        assert!(plan.references.is_empty(), "{ctx}");
+        return;
+    }
+    let secret_there = want_secret == SecretStep::Create
+        || (selected && matches!(case, SecretCase::Current | SecretCase::Stale));
+    for (name, state) in &ns.service_accounts {
+        let want = selected && cfg.selects_service_account(name);
+        let ours = state.pull_secrets.iter().filter(|r| *r == OURS).count();
+        let step = plan.references.iter().find(|s| s.service_account == *name);
+        let expected = match (want, ours) {
+            (true, 1) | (false, 0) => None,
+            (true, _) if !secret_there => None,
+            (true, _) => Some(true),
+            (false, _) => Some(false),
+        };
+        assert_eq!(step.map(|s| s.add), expected, "{name} in {ctx}");
+    }
+}
+
+#[test]
+fn a_new_selected_namespace_gets_the_secret_then_references() {
+    let current = content("pw");
+    let ns = namespace(true, false, SecretCase::Absent, &current);
+    let plan = plan_namespace(
+        "ns",
+        &ns,
+        &config("ns", "default,builder"),
+        OURS,
+        Desired::Content(&current),
+    );
+    assert_eq!(plan.secret, SecretStep::Create);
+    let adds: Vec<&str> = plan
+        .references
+        .iter()
+        .filter(|s| s.add)
+        .map(|s| &*s.service_account)
+        .collect();
+    let removes: Vec<&str> = plan
+        .references
+        .iter()
+        .filter(|s| !s.add)
+        .map(|s| &*s.service_account)
+        .collect();
+    assert_eq!(adds, vec!["builder", "default"]);
+    assert_eq!(removes, vec!["twice", "with-ours"]);
+}
+
+#[test]
+fn a_converged_namespace_needs_nothing() {
+    let current = content("pw");
+    let mut ns = namespace(true, false, SecretCase::Current, &current);
+    ns.service_accounts.retain(|n, _| &**n == "with-ours");
+    let plan = plan_namespace(
+        "ns",
+        &ns,
+        &config("ns", "with-ours"),
+        OURS,
+        Desired::Content(&current),
+    );
+    assert!(plan.is_empty(), "{plan:?}");
+    // Our annotations are part of the content: a changed expiry is an update.
+    let mut later = current.clone();
+    later.expires_at = Timestamp::MAX;
+    let plan = plan_namespace(
+        "ns",
+        &ns,
+        &config("ns", "with-ours"),
+        OURS,
+        Desired::Content(&later),
+    );
+    assert_eq!(plan.secret, SecretStep::Update);
+    // A Secret that lost our label is no longer ours.
+    assert!(!holds(&secret_state(false, Some(&current)), &current));
+    assert!(holds(&secret_state(true, Some(&current)), &current));
+    assert_eq!(MANAGED_BY_VALUE, "aliyun-acr-credential-helper");
+}
