@@ -61,6 +61,7 @@ fn deploy_holds_the_chart_rendered_with_default_values() {
             CHART,
             "-n",
             "kube-system",
+            "--no-hooks",
         ]),
         "helm template",
     );
@@ -178,6 +179,7 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
         "secrets [] [] [get list watch create update delete]",
         "events.events.k8s.io [] [] [create patch]",
         "configmaps [] [] [get list watch]",
+        "configmaps [] [acr-configuration] [patch]",
         "leases.coordination.k8s.io [] [] [get list watch create update patch delete]",
         "mutatingwebhookconfigurations.admissionregistration.k8s.io [] [] [get create patch delete]",
     ];
@@ -314,48 +316,104 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
         || async { referenced("builder").await && !referenced("default").await },
     )
     .await;
-    let _ = controller.kill();
-    let _ = controller.wait();
-
-    // helm uninstall, then cleanup: no ServiceAccount refers to a missing Secret.
+    // Plain `helm uninstall`, with the controller still running: the pre-delete hook runs
+    // `cleanup`. No kubelet or Job controller runs here, so the test does their part: it runs
+    // exactly the hook Job's arguments with the Job's ServiceAccount, then records the Job as
+    // complete, as the Job controller would.
+    let uninstall = {
+        let release = release.clone();
+        let ns = release_ns_name.clone();
+        std::thread::spawn(move || helm(&["uninstall", &release, "-n", &ns, "--timeout", "3m"]))
+    };
+    let jobs =
+        Api::<k8s_openapi::api::batch::v1::Job>::namespaced(client.clone(), &release_ns_name);
+    let hook = "aliyun-acr-credential-helper-cleanup";
+    wait_until(
+        Duration::from_secs(60),
+        "the pre-delete hook Job",
+        || async { jobs.get_opt(hook).await.ok().flatten().is_some() },
+    )
+    .await;
+    let job = jobs.get(hook).await.unwrap_or_else(|e| panic!("{e}"));
+    let pod = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .unwrap_or_default();
+    let args = pod.containers[0].args.clone().unwrap_or_default();
+    assert_eq!(
+        args.first().map(String::as_str),
+        Some("cleanup"),
+        "{args:?}"
+    );
+    let hook_sa = pod.service_account_name.clone().unwrap_or_default();
+    let hook_kubeconfig = dir.join("hook-kubeconfig");
+    support::service_account_kubeconfig(&release_ns_name, &hook_sa, &hook_kubeconfig).await;
+    let out = Command::new(BINARY)
+        .args(&args)
+        .env("KUBECONFIG", &hook_kubeconfig)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "the hook's cleanup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let now = jiff::Timestamp::now().to_string();
+    let condition = |t: &str| serde_json::json!({"type": t, "status": "True", "lastTransitionTime": now, "reason": t, "message": t});
+    let status = serde_json::json!({"status": {
+        "startTime": now, "completionTime": now, "succeeded": 1, "active": 0,
+        "conditions": [condition("SuccessCriteriaMet"), condition("Complete")],
+    }});
+    jobs.patch_status(
+        hook,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&status),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("complete the hook Job: {e}"));
     ok(
-        helm(&["uninstall", &release, "-n", &release_ns_name]),
+        uninstall
+            .join()
+            .unwrap_or_else(|_| panic!("helm uninstall panicked")),
         "helm uninstall",
     );
-    support::run_cleanup(&["--webhook-configuration", &webhook_name]);
-    assert!(
-        mwcs.get_opt(&webhook_name).await.ok().flatten().is_none(),
-        "cleanup left the webhook"
-    );
-    let all = Api::<k8s_openapi::api::core::v1::ServiceAccount>::all(client.clone())
-        .list(&Default::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let existing: std::collections::BTreeSet<(String, String)> =
-        Api::<k8s_openapi::api::core::v1::Secret>::all(client.clone())
-            .list(&Default::default())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .items
-            .into_iter()
-            .map(|s| {
-                (
-                    s.metadata.namespace.unwrap_or_default(),
-                    s.metadata.name.unwrap_or_default(),
-                )
-            })
-            .collect();
-    for sa in all.items {
-        let ns = sa.metadata.namespace.clone().unwrap_or_default();
-        for r in sa.image_pull_secrets.unwrap_or_default() {
-            if r.name == "aliyun-acr-credential-helper" {
-                assert!(
-                    existing.contains(&(ns.clone(), r.name.clone())),
-                    "{ns}/{:?} refers to a missing Secret",
-                    sa.metadata.name
-                );
-            }
+
+    // Nothing of ours is left: no reference, no pull Secret, no webhook registration, no
+    // certificate or persisted configuration, while the controller process still runs.
+    for _ in 0..2 {
+        assert!(
+            mwcs.get_opt(&webhook_name).await.ok().flatten().is_none(),
+            "uninstall left the webhook"
+        );
+        for sa in ["default", "builder"] {
+            assert!(
+                !referenced(sa).await,
+                "uninstall left the reference on {sa}"
+            );
         }
+        assert!(
+            secrets
+                .get_opt("aliyun-acr-credential-helper")
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+        );
+        let own =
+            Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &release_ns_name);
+        for name in [
+            "aliyun-acr-credential-helper-webhook-tls",
+            "aliyun-acr-credential-helper-last-config",
+        ] {
+            assert!(
+                own.get_opt(name).await.ok().flatten().is_none(),
+                "uninstall left Secret {name}"
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
+    let _ = controller.kill();
+    let _ = controller.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
