@@ -781,3 +781,70 @@ async fn custom_access_key_needs_no_base_identity_and_chains_assume_role() {
     assert_eq!(fake.calls("AssumeRole").await, 1);
     assert_eq!(fake.calls("MetadataCredentials").await, 0);
 }
+
+/// A server that answers every request with a redirect to `target`, and one that counts what
+/// reaches it.
+fn redirector(target: &str) -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let url = format!(
+        "http://{}",
+        listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    );
+    let target = target.to_owned();
+    let handle = std::thread::spawn(move || {
+        for stream in listener.incoming().take(8) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 8192];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 302 Found\r\nLocation: {target}/\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    (url, handle)
+}
+
+#[tokio::test]
+async fn redirects_are_never_followed() {
+    // Whatever reaches this listener would be a signed request (or a security token) re-sent to
+    // another host.
+    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    elsewhere
+        .set_nonblocking(true)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let target = format!(
+        "http://{}",
+        elsewhere.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    );
+    let (url, _server) = redirector(&target);
+    let endpoint = url::Url::parse(&url).unwrap_or_else(|e| panic!("{e}"));
+    let sts = Sts::new(http(), endpoint);
+    let role = AssumeRole {
+        role_arn: ROLE_ARN,
+        session_name: "t",
+        duration_seconds: 900,
+    };
+    let err = sts.assume_role(&user_key(), &role).await.err();
+    assert!(
+        matches!(err, Some(CloudError::Http { status: 302, .. })),
+        "{err:?}"
+    );
+    let caller = Credential {
+        access_key_id: "STS.id".into(),
+        access_key_secret: SecretString::from("s"),
+        security_token: Some(SecretString::from("a-security-token")),
+        expiration: None,
+    };
+    let cr = Cr::new(http(), format!("{url}/r/{{region}}"));
+    let err = cr.personal_token(&caller, INSTANCE_REGION).await.err();
+    assert!(
+        matches!(err, Some(CloudError::Http { status: 302, .. })),
+        "{err:?}"
+    );
+    assert!(
+        elsewhere.accept().is_err(),
+        "a request followed the redirect"
+    );
+}

@@ -118,7 +118,7 @@ async fn selection_of_namespaces_and_service_accounts_follows_the_config() {
     assert!(!h.has_reference(&a.name, "late").await);
 
     // Leave nothing behind in the shared namespace.
-    support::run_cleanup(&["--secret-name", &h.secret_name]);
+    support::run_cleanup(&h.cleanup_flags());
 }
 
 #[tokio::test]
@@ -655,7 +655,7 @@ async fn narrowing_cleanup_and_deleting_the_config() {
     drop(c);
 
     // cleanup removes everything of ours and nothing else.
-    support::run_cleanup(&["--secret-name", &h.secret_name]);
+    support::run_cleanup(&h.cleanup_flags());
     assert!(!h.secret_exists(&a.name).await);
     assert!(!h.has_reference(&a.name, "default").await);
     let labeled = Api::<Secret>::all(h.client.clone())
@@ -885,4 +885,43 @@ async fn only_the_leader_writes_and_a_standby_takes_over() {
     let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(h.client.clone())
         .delete(&b, &Default::default())
         .await;
+}
+
+#[tokio::test]
+async fn expiry_metrics_follow_the_configured_instances() {
+    let h = Harness::new("expmetric", &default_config(), "cluster-admin").await;
+    let ns = TestNamespace::create(&h.client, "expmetric-ws").await;
+    let c = h.start(&["--token-mode", "workerRole"]);
+    let series =
+        |id: &str| format!("acr_helper_token_expiry_timestamp_seconds{{instance=\"{id}\"}}");
+    let two =
+        format!("{ENTERPRISE}- instanceId: {OTHER_INSTANCE_ID}\n  regionId: {OTHER_REGION}\n");
+    h.apply_config(&[
+        ("watch-namespace", ns.name.as_str()),
+        ("acr-registry-info", two.as_str()),
+    ])
+    .await;
+    wait_until(
+        Duration::from_secs(30),
+        "both instances' expiry",
+        || async {
+            c.metric(&series(INSTANCE_ID)).await.is_some()
+                && c.metric(&series(OTHER_INSTANCE_ID)).await.is_some()
+        },
+    )
+    .await;
+    // An instance that leaves the configuration leaves the metrics too: an alert on its expiry
+    // must not fire for a registry nobody serves any more.
+    h.apply_config(&[
+        ("watch-namespace", ns.name.as_str()),
+        ("acr-registry-info", ENTERPRISE),
+    ])
+    .await;
+    wait_until(
+        Duration::from_secs(30),
+        "the removed instance's expiry to go",
+        || async { c.metric(&series(OTHER_INSTANCE_ID)).await.is_none() },
+    )
+    .await;
+    assert!(c.metric(&series(INSTANCE_ID)).await.is_some());
 }

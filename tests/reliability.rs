@@ -192,7 +192,7 @@ async fn cleanup_while_two_replicas_run_leaves_nothing_behind() {
         .map(String::from),
     );
     let started = Instant::now();
-    support::run_cleanup(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    support::run_cleanup(&flags);
     eprintln!("cleanup took {:?}", started.elapsed());
     // Nothing of ours, at every sample for the next 10 seconds (the replicas must not put it back).
     let until = Instant::now() + Duration::from_secs(10);
@@ -227,7 +227,7 @@ async fn cleanup_while_two_replicas_run_leaves_nothing_behind() {
     h.wait_reference(&a.name, "app", true).await;
     drop(one);
     drop(two);
-    support::run_cleanup(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    support::run_cleanup(&flags);
 }
 
 /// Samples every namespace each second for `span`: returns the longest time one held a password
@@ -515,7 +515,7 @@ async fn outages_around_the_refresh_point_never_leave_an_expired_password_once_t
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         eprintln!(
-            "REPORT outage ending {shape}: {during} GetAuthorizationToken calls during the outage (each call = up to 4 attempts); longest time a namespace held an expired password after the cloud answered: {worst:?}"
+            "REPORT outage ending {shape}: {during} GetAuthorizationToken requests reached the cloud during the outage; longest time a namespace held an expired password after the cloud answered: {worst:?}"
         );
         assert!(during < 200, "{shape}: {during} calls: not bounded");
     }

@@ -87,6 +87,18 @@ async fn new_service_accounts_are_created_with_the_reference() {
     let hook = &mwc.webhooks.unwrap_or_default()[0];
     assert_eq!(hook.failure_policy.as_deref(), Some("Ignore"));
     assert_eq!(hook.timeout_seconds, Some(5));
+    // Never the controller's own namespace: a `Fail` webhook cannot block its own pods.
+    let excluded = hook
+        .namespace_selector
+        .as_ref()
+        .and_then(|s| s.match_expressions.as_ref())
+        .and_then(|e| {
+            e.iter()
+                .find(|r| r.key == "kubernetes.io/metadata.name" && r.operator == "NotIn")
+        })
+        .and_then(|r| r.values.clone())
+        .unwrap_or_default();
+    assert_eq!(excluded, vec![h.config_ns.name.clone()]);
     assert!(
         hook.client_config
             .ca_bundle
@@ -226,12 +238,189 @@ async fn new_service_accounts_are_created_with_the_reference() {
         .unwrap_or_else(|e| panic!("ServiceAccount creation failed with the webhook down: {e}"));
 
     // cleanup removes the registration too.
-    support::run_cleanup(&[
-        "--secret-name",
-        &h.secret_name,
+    let mut flags = h.cleanup_flags();
+    flags.extend(["--webhook-configuration".to_owned(), name.clone()]);
+    support::run_cleanup(&flags);
+    assert!(mwcs.get_opt(&name).await.ok().flatten().is_none());
+    let _ = mwcs.delete(&name, &DeleteParams::default()).await;
+}
+
+#[tokio::test]
+async fn no_reference_where_a_foreign_secret_holds_the_name() {
+    let h = Harness::new("whforeign", &default_config(), "cluster-admin").await;
+    let watched = TestNamespace::create(&h.client, "wh-foreign").await;
+    let port = free_port();
+    let name = format!("acr-helper-{}", h.config_ns.name);
+    let _remove = RemoveWebhook(name.clone());
+    let url = format!("https://127.0.0.1:{port}/mutate");
+    let addr = format!("127.0.0.1:{port}");
+    let _c = h.start(&[
+        "--token-mode",
+        "workerRole",
+        "--webhook-addr",
+        &addr,
+        "--webhook-url",
+        &url,
+        "--webhook-cert-sans",
+        "127.0.0.1",
         "--webhook-configuration",
         &name,
     ]);
-    assert!(mwcs.get_opt(&name).await.ok().flatten().is_none());
-    let _ = mwcs.delete(&name, &DeleteParams::default()).await;
+    // Someone else's Secret holds our name in the namespace.
+    let foreign: Secret = serde_json::from_value(json!({
+        "metadata": {"name": h.secret_name},
+        "stringData": {"token": "theirs"},
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    Api::<Secret>::namespaced(h.client.clone(), &watched.name)
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    h.apply_config(&[
+        ("watch-namespace", watched.name.as_str()),
+        ("service-account", "*"),
+        ("acr-registry-info", "- instanceId: cri-fakeinstance0001\n"),
+        ("webhook-configuration", "enable: true\n"),
+    ])
+    .await;
+    // The controller has seen the foreign Secret once it says so on the namespace.
+    wait_until(
+        Duration::from_secs(30),
+        "the SecretNameTaken Event",
+        || async {
+            let events = Api::<k8s_openapi::api::events::v1::Event>::all(h.client.clone())
+                .list(&kube::api::ListParams::default().fields("type=Warning"))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            events.iter().any(|e| {
+                e.reason.as_deref() == Some("SecretNameTaken")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                        == Some(watched.name.as_str())
+            })
+        },
+    )
+    .await;
+    let mwcs = Api::<MutatingWebhookConfiguration>::all(h.client.clone());
+    wait_until(Duration::from_secs(30), "the registration", || async {
+        mwcs.get_opt(&name).await.ok().flatten().is_some()
+    })
+    .await;
+    // The webhook is called (a ServiceAccount in another, selected-by-all test would get the
+    // reference); here it answers without a patch, at every attempt.
+    let sas = Api::<ServiceAccount>::namespaced(h.client.clone(), &watched.name);
+    for i in 0..5 {
+        let created = sas
+            .create(&PostParams::default(), &sa(&format!("new-{i}")))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            created.image_pull_secrets.unwrap_or_default().is_empty(),
+            "the webhook added a reference to a Secret that is not ours"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // And the controller never patched the existing one.
+    assert!(!h.has_reference(&watched.name, "default").await);
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::new("whstall", &default_config(), "cluster-admin").await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let name = format!("acr-helper-{}", h.config_ns.name);
+    let _remove = RemoveWebhook(name.clone());
+    let _c = h.start(&[
+        "--token-mode",
+        "workerRole",
+        "--webhook-addr",
+        &addr,
+        "--webhook-url",
+        &format!("https://{addr}/mutate"),
+        "--webhook-cert-sans",
+        "127.0.0.1",
+        "--webhook-configuration",
+        &name,
+        "--webhook-tls-secret",
+        "webhook-tls",
+        "--webhook-client-timeout",
+        "1s",
+    ]);
+    h.apply_config(&[
+        ("acr-registry-info", "- instanceId: cri-fakeinstance0001\n"),
+        ("webhook-configuration", "enable: true\n"),
+    ])
+    .await;
+    let tls = Api::<Secret>::namespaced(h.client.clone(), &h.config_ns.name);
+    wait_until(Duration::from_secs(30), "the certificate", || async {
+        tls.get_opt("webhook-tls").await.ok().flatten().is_some()
+    })
+    .await;
+    // Connects and sends nothing: closed after the handshake timeout.
+    let mut silent = tokio::net::TcpStream::connect(&addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a silent client was not disconnected: {read:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "disconnected only after {:?}",
+        started.elapsed()
+    );
+
+    // Completes the handshake, then sends half a request: closed after the header timeout.
+    let ca = tls
+        .get("webhook-tls")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .data
+        .unwrap_or_default()
+        .get("ca.crt")
+        .map(|b| b.0.clone())
+        .unwrap_or_default();
+    acr_helper::aliyun::http::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(&ca)
+    {
+        roots
+            .add(cert.unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(&addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let server_name =
+        rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap_or_else(|e| panic!("{e}"));
+    let mut stream = connector
+        .connect(server_name, tcp)
+        .await
+        .unwrap_or_else(|e| panic!("handshake: {e}"));
+    stream
+        .write_all(b"POST /mutate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started = std::time::Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "a client that stalls in its headers was not disconnected"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "disconnected only after {:?}",
+        started.elapsed()
+    );
 }

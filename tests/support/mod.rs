@@ -293,7 +293,7 @@ pub async fn service_account_kubeconfig(ns: &str, sa: &str, path: &Path) {
 }
 
 /// Runs the binary's `cleanup` as admin with `flags` before it; panics unless it succeeds.
-pub fn run_cleanup(flags: &[&str]) {
+pub fn run_cleanup<S: AsRef<std::ffi::OsStr>>(flags: &[S]) {
     let out = Command::new(env!("CARGO_BIN_EXE_aliyun-acr-credential-helper"))
         .args(flags)
         .arg("cleanup")
