@@ -20,7 +20,7 @@ use crate::cli::{Args, Command};
 use crate::config;
 use crate::config_source::{self, SourceSettings};
 use crate::controller::cleanup::{CLEANUP_TIMEOUT, CleanupSettings};
-use crate::controller::{self, Readiness, Settings, Shared};
+use crate::controller::{self, Readiness, Settings, Shared, TermEnd};
 use crate::credentials::{BaseIdentity, Chain, Registry, TokenMode};
 use crate::index::SharedIndex;
 use crate::leader::{Elector, Leadership, LeaseConfig};
@@ -87,12 +87,12 @@ fn client(
     Client::try_from(config).map_err(AppError::Kube)
 }
 
-fn identity(args: &Args, prefix: &str) -> String {
+fn identity(args: &Args) -> String {
     args.run.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "aliyun-acr-credential-helper".into());
-        format!("{prefix}{host}-{:08x}", rand::random::<u32>())
+        format!("{host}-{:08x}", rand::random::<u32>())
     })
 }
 
@@ -145,7 +145,8 @@ fn until_true(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send 
 
 async fn cleanup(args: Args) -> Result<i32, AppError> {
     let config = kube_config().await?;
-    let identity = identity(&args, "cleanup-");
+    // Never a replica's own identity (run from inside a pod, POD_NAME names that replica).
+    let identity = format!("cleanup-{}-{:08x}", identity(&args), rand::random::<u32>());
     let writes = client(&config, &identity, None)?;
     let lease = client(&config, &identity, Some(Duration::from_secs(5)))?;
     let settings = CleanupSettings {
@@ -176,7 +177,7 @@ async fn cleanup(args: Args) -> Result<i32, AppError> {
 
 async fn run(args: Args) -> Result<(), AppError> {
     let kube = kube_config().await?;
-    let identity = identity(&args, "");
+    let identity = identity(&args);
     let lease_cfg = lease_config(&args, identity.clone());
     // Watches, writes and the Lease each have a connection pool of their own: a burst of writes
     // never delays a renewal, and a write never waits behind a watch.
@@ -323,39 +324,53 @@ async fn run(args: Args) -> Result<(), AppError> {
     });
 
     let mut stop = stop_rx.clone();
+    let mut broken = false;
     if !args.run.leader_elect {
-        tokio::select! {
-            _ = controller::lead(shared, Leadership::always()) => {},
-            _ = stop.wait_for(|v| *v) => {},
-        }
+        let leadership = Leadership::always();
+        let term = leadership.term().unwrap_or_default();
+        broken = controller::lead(shared, leadership, term, until_true(stop_rx.clone())).await
+            == TermEnd::Broken;
     } else {
         let leadership = Leadership::new();
         let mut terms = leadership.subscribe();
         tracing::info!(lease = %lease_cfg.name, namespace = %lease_cfg.namespace, %identity, "waiting for leadership");
+        // The elector stops (and gives the Lease back) only after the last term has ended, so
+        // nothing of this replica writes once another may lead.
+        let (elector_stop_tx, elector_stop_rx) = watch::channel(false);
         let elector = tokio::spawn(
             Elector::new(lease_client, lease_cfg, leadership.clone())
-                .run(until_true(stop_rx.clone())),
+                .run(until_true(elector_stop_rx), true),
         );
+        let mut last = 0;
         loop {
-            tokio::select! {
+            let term = tokio::select! {
                 _ = stop.wait_for(|v| *v) => break,
-                started = terms.wait_for(|leading| *leading) => if started.is_err() { break },
-            }
-            if !leadership.is_leader() {
-                // The last term's deadline passed and the elector has not said so yet.
-                tokio::select! {
-                    _ = stop.wait_for(|v| *v) => break,
-                    _ = terms.changed() => {},
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {},
-                }
+                started = terms.wait_for(|t| t.is_some_and(|n| n > last)) => match started {
+                    Ok(t) => t.unwrap_or_default(),
+                    Err(_) => break,
+                },
+            };
+            last = term;
+            if !leadership.leads_in(term) {
                 continue;
             }
-            controller::lead(shared.clone(), leadership.clone()).await;
-            if *stop_rx.borrow() {
-                break;
+            match controller::lead(
+                shared.clone(),
+                leadership.clone(),
+                term,
+                until_true(stop_rx.clone()),
+            )
+            .await
+            {
+                TermEnd::Lost => tracing::warn!(%identity, "lost leadership; standing by"),
+                TermEnd::Stopped => break,
+                TermEnd::Broken => {
+                    broken = true;
+                    break;
+                }
             }
-            tracing::warn!(%identity, "lost leadership; standing by");
         }
+        let _ = elector_stop_tx.send(true);
         if let Err(e) = elector.await {
             tracing::warn!(error = %e, "leader election task failed");
         }
@@ -368,6 +383,11 @@ async fn run(args: Args) -> Result<(), AppError> {
         tracing::warn!(error = %e, "the webhook task failed");
     }
     let _ = server.await;
+    if broken {
+        return Err(AppError::Usage(
+            "a part of the controller stopped unexpectedly; exiting so the pod restarts".into(),
+        ));
+    }
     Ok(())
 }
 

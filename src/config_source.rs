@@ -28,6 +28,9 @@ pub const CLEANUP_ANNOTATION: &str = "aliyun-acr-credential-helper/cleanup";
 pub const LAST_CONFIG_KEY: &str = "config.json";
 /// When the persisted configuration was accepted (RFC 3339), on its Secret.
 pub const ACCEPTED_AT_ANNOTATION: &str = "aliyun-acr-credential-helper/accepted-at";
+/// The resourceVersion of the ConfigMap the persisted configuration was accepted from.
+pub const CONFIGMAP_VERSION_ANNOTATION: &str =
+    "aliyun-acr-credential-helper/configmap-resource-version";
 
 /// A ConfigMap's `data`. It may hold an AccessKey secret: `Debug` shows the keys only.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -74,6 +77,16 @@ pub struct InForce {
     pub data: Arc<RawConfig>,
     /// When it was accepted, for a configuration loaded from its Secret.
     pub accepted_at: Option<Timestamp>,
+    /// The resourceVersion of the ConfigMap it was accepted from.
+    pub resource_version: Option<String>,
+}
+
+/// The last accepted configuration as its Secret holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persisted {
+    pub data: Arc<RawConfig>,
+    pub accepted_at: Option<Timestamp>,
+    pub resource_version: Option<String>,
 }
 
 /// What every consumer sees.
@@ -87,7 +100,7 @@ pub struct ConfigView {
     /// The live ConfigMap, for Events.
     pub configmap: Option<ObjectReference>,
     /// The persisted copy, as the Secret holds it now.
-    pub persisted: Option<Arc<RawConfig>>,
+    pub persisted: Option<Persisted>,
 }
 
 impl ConfigView {
@@ -122,16 +135,28 @@ pub struct SourceSettings {
 }
 
 /// The last accepted configuration a Secret holds, if it holds one.
-pub fn persisted_data(secret: &Secret) -> Option<(RawConfig, Option<Timestamp>)> {
+pub fn persisted_data(secret: &Secret) -> Option<Persisted> {
     let bytes = secret.data.as_ref()?.get(LAST_CONFIG_KEY)?;
     let map: BTreeMap<String, String> = serde_json::from_slice(&bytes.0).ok()?;
-    let at = secret
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ACCEPTED_AT_ANNOTATION))
-        .and_then(|t| t.parse().ok());
-    Some((RawConfig(map), at))
+    let annotation = |key: &str| {
+        secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .cloned()
+    };
+    Some(Persisted {
+        data: Arc::new(RawConfig(map)),
+        accepted_at: annotation(ACCEPTED_AT_ANNOTATION).and_then(|t| t.parse().ok()),
+        resource_version: annotation(CONFIGMAP_VERSION_ANNOTATION),
+    })
+}
+
+/// Whether ConfigMap version `a` is newer than `b` (see the index on comparing versions; when
+/// they do not compare, `a` is not newer).
+fn newer(a: Option<&str>, b: Option<&str>) -> bool {
+    matches!((a.map(str::parse::<u64>), b.map(str::parse::<u64>)), (Some(Ok(a)), Some(Ok(b))) if a > b)
 }
 
 /// The live ConfigMap as far as the source cares.
@@ -153,8 +178,9 @@ pub struct Source {
     live_synced: bool,
     /// The live data's parse, done once per change.
     parsed: Option<LiveParse>,
-    previous: Option<(Arc<Config>, Arc<RawConfig>)>,
-    persisted: Option<(Arc<RawConfig>, Option<Timestamp>)>,
+    /// What this process accepted last, with the ConfigMap version it came from.
+    previous: Option<(Arc<Config>, Arc<RawConfig>, Option<String>)>,
+    persisted: Option<Persisted>,
     persisted_parsed: Option<Result<Arc<Config>, Arc<ConfigErrors>>>,
     persisted_synced: bool,
 }
@@ -202,15 +228,14 @@ impl Source {
 
     fn set_persisted(&mut self, secret: Option<&Secret>) {
         let next = secret.and_then(persisted_data);
-        if next.as_ref().map(|(d, _)| d) == self.persisted.as_ref().map(|(d, _)| &**d) {
-            return;
+        if next.as_ref().map(|p| &p.data) != self.persisted.as_ref().map(|p| &p.data) {
+            self.persisted_parsed = next.as_ref().map(|p| {
+                config::parse(&p.data.0, self.region.as_deref())
+                    .map(|p| Arc::new(p.config))
+                    .map_err(Arc::new)
+            });
         }
-        self.persisted_parsed = next.as_ref().map(|(d, _)| {
-            config::parse(&d.0, self.region.as_deref())
-                .map(|p| Arc::new(p.config))
-                .map_err(Arc::new)
-        });
-        self.persisted = next.map(|(d, at)| (Arc::new(d), at));
+        self.persisted = next;
     }
 
     /// A ConfigMap watch event.
@@ -227,9 +252,8 @@ impl Source {
 
     /// What is in force now.
     pub fn view(&mut self) -> ConfigView {
-        let persisted = self.persisted.as_ref().map(|(d, _)| d.clone());
         let mut view = ConfigView {
-            persisted,
+            persisted: self.persisted.clone(),
             configmap: self.live.as_ref().map(|l| l.reference.clone()),
             ..ConfigView::syncing()
         };
@@ -247,31 +271,45 @@ impl Source {
         match &self.parsed {
             Some(Ok((config, warnings))) => {
                 let data = Arc::new(live.data.clone());
-                self.previous = Some((config.clone(), data.clone()));
+                let version = live.reference.resource_version.clone();
+                self.previous = Some((config.clone(), data.clone(), version.clone()));
                 view.warnings = warnings.clone();
                 view.state = Ok(InForce {
                     config: config.clone(),
                     origin: Origin::Live,
                     data,
                     accepted_at: None,
+                    resource_version: version,
                 });
             }
             Some(Err(errors)) => {
                 view.rejected = Some(errors.clone());
-                view.state = match (&self.previous, &self.persisted, &self.persisted_parsed) {
-                    (Some((config, data)), _, _) => Ok(InForce {
+                let persisted = match (&self.persisted, &self.persisted_parsed) {
+                    (Some(p), Some(Ok(config))) => Some((p, config)),
+                    _ => None,
+                };
+                // What this replica accepted, unless the persisted copy is of a newer edit (the
+                // leader saw one this replica's watch skipped).
+                let previous = self.previous.as_ref().filter(|(_, _, v)| {
+                    persisted
+                        .is_none_or(|(p, _)| !newer(p.resource_version.as_deref(), v.as_deref()))
+                });
+                view.state = match (previous, persisted) {
+                    (Some((config, data, version)), _) => Ok(InForce {
                         config: config.clone(),
                         origin: Origin::Previous,
                         data: data.clone(),
                         accepted_at: None,
+                        resource_version: version.clone(),
                     }),
-                    (None, Some((data, at)), Some(Ok(config))) => Ok(InForce {
+                    (None, Some((p, config))) => Ok(InForce {
                         config: config.clone(),
                         origin: Origin::LastAccepted,
-                        data: data.clone(),
-                        accepted_at: *at,
+                        data: p.data.clone(),
+                        accepted_at: p.accepted_at,
+                        resource_version: p.resource_version.clone(),
                     }),
-                    _ => Err(Idle::NothingUsable),
+                    (None, None) => Err(Idle::NothingUsable),
                 };
             }
             None => view.state = Err(Idle::Absent),
@@ -431,10 +469,15 @@ mod tests {
     use kube::api::ObjectMeta;
 
     fn cm(data: &[(&str, &str)], cleanup: bool) -> ConfigMap {
+        cm_at(data, cleanup, "5")
+    }
+
+    fn cm_at(data: &[(&str, &str)], cleanup: bool, version: &str) -> ConfigMap {
         ConfigMap {
             metadata: ObjectMeta {
                 name: Some("acr-configuration".into()),
                 namespace: Some("kube-system".into()),
+                resource_version: Some(version.into()),
                 annotations: cleanup
                     .then(|| [(CLEANUP_ANNOTATION.to_owned(), "x".to_owned())].into()),
                 ..Default::default()
@@ -449,14 +492,21 @@ mod tests {
     }
 
     fn persisted(data: &[(&str, &str)]) -> Secret {
+        persisted_at(data, "1")
+    }
+
+    fn persisted_at(data: &[(&str, &str)], version: &str) -> Secret {
         let map: BTreeMap<&str, &str> = data.iter().copied().collect();
         Secret {
             metadata: ObjectMeta {
                 annotations: Some(
-                    [(
-                        ACCEPTED_AT_ANNOTATION.to_owned(),
-                        "2026-11-24T10:00:00Z".to_owned(),
-                    )]
+                    [
+                        (
+                            ACCEPTED_AT_ANNOTATION.to_owned(),
+                            "2026-11-24T10:00:00Z".to_owned(),
+                        ),
+                        (CONFIGMAP_VERSION_ANNOTATION.to_owned(), version.to_owned()),
+                    ]
                     .into(),
                 ),
                 ..Default::default()
@@ -542,6 +592,36 @@ mod tests {
         // A good edit is in force at once.
         s.configmap(Some(&cm(OTHER, false)), true);
         assert!(matches!(&s.view().state, Ok(f) if f.origin == Origin::Live));
+    }
+
+    #[test]
+    fn a_persisted_copy_of_a_newer_edit_wins_over_what_this_replica_saw() {
+        // This replica accepted GOOD at version 5; the leader accepted OTHER at version 7 (this
+        // replica's watch missed it) and persisted it; then an edit at version 9 is rejected.
+        let mut s = Source::new(Some("cn-hangzhou".into()));
+        s.last_config(None, true);
+        s.configmap(Some(&cm_at(GOOD, false, "5")), true);
+        let _ = s.view();
+        s.last_config(Some(&persisted_at(OTHER, "7")), true);
+        s.configmap(Some(&cm_at(BAD, false, "9")), true);
+        let v = s.view();
+        assert!(
+            matches!(&v.state, Ok(f) if f.origin == Origin::LastAccepted),
+            "{:?}",
+            v.state
+        );
+        assert!(
+            namespaces(&v).is_some_and(|n| n.contains('c')),
+            "{:?}",
+            namespaces(&v)
+        );
+        // An older persisted copy does not.
+        let mut s = Source::new(Some("cn-hangzhou".into()));
+        s.last_config(Some(&persisted_at(OTHER, "3")), true);
+        s.configmap(Some(&cm_at(GOOD, false, "5")), true);
+        let _ = s.view();
+        s.configmap(Some(&cm_at(BAD, false, "9")), true);
+        assert!(matches!(&s.view().state, Ok(f) if f.origin == Origin::Previous));
     }
 
     #[test]

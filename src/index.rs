@@ -83,13 +83,26 @@ pub enum Kind {
 type Seen = (Arc<str>, Option<Arc<str>>);
 
 /// The index proper: plain data, no I/O.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Index {
     namespaces: HashMap<Arc<str>, NsState>,
     /// Equal `.dockerconfigjson` values share one allocation.
     contents: HashSet<Arc<[u8]>>,
     /// Objects seen during a relist in progress, per kind.
     relist: HashMap<Kind, HashSet<Seen>>,
+    /// Secrets we deleted (namespace, uid) whose deletion the watch has not shown yet: a late
+    /// event of theirs must not bring them back.
+    deleted: HashSet<(Arc<str>, String)>,
+}
+
+/// Holds registry passwords: shows counts only.
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("namespaces", &self.namespaces.len())
+            .field("contents", &self.contents.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Index {
@@ -259,6 +272,9 @@ impl Index {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         };
+        if self.deleted.contains(&(Arc::from(ns), next.uid.clone())) {
+            return false;
+        }
         let (key, state) = self.entry(ns);
         let changed = match &state.secret {
             Some(old)
@@ -283,8 +299,18 @@ impl Index {
         changed
     }
 
-    /// The Secret of our name is gone from `ns` (only if it still is the object `uid`, when given).
+    /// We deleted the Secret `uid` of `ns`: forget it, and ignore late events of it.
+    pub fn deleted_secret(&mut self, ns: &str, uid: &str) {
+        self.delete_secret(ns, Some(uid));
+        self.deleted.insert((Arc::from(ns), uid.to_owned()));
+    }
+
+    /// The watch says the Secret of our name is gone from `ns` (only if it still is the object
+    /// `uid`, when given).
     pub fn delete_secret(&mut self, ns: &str, uid: Option<&str>) -> bool {
+        if let Some(uid) = uid {
+            self.deleted.remove(&(Arc::from(ns), uid.to_owned()));
+        }
         let Some(state) = self.namespaces.get_mut(ns) else {
             return false;
         };
@@ -353,12 +379,21 @@ impl Index {
 
 /// The index shared by the watches (writers), the controller and the webhook (readers), with
 /// the set of namespaces that changed since the controller last looked.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SharedIndex {
     index: RwLock<Index>,
     dirty: Mutex<HashSet<Arc<str>>>,
     changed: Notify,
     synced: [AtomicBool; 3],
+}
+
+impl std::fmt::Debug for SharedIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedIndex")
+            .field("index", &*self.read())
+            .field("synced", &self.synced())
+            .finish_non_exhaustive()
+    }
 }
 
 fn kind_slot(kind: Kind) -> usize {
@@ -555,6 +590,20 @@ mod tests {
         assert!(!i.delete_secret("a", Some("other-uid")));
         assert!(i.delete_secret("a", Some("u1")));
         assert_eq!(i.managed_secrets(), 1);
+    }
+
+    #[test]
+    fn a_secret_we_deleted_does_not_come_back_with_a_late_event() {
+        let mut i = Index::default();
+        assert!(i.apply_secret(&secret("a", "u1", "5", true, b"{}")));
+        i.deleted_secret("a", "u1");
+        // A MODIFIED event from before our delete arrives late: ignored.
+        assert!(!i.apply_secret(&secret("a", "u1", "6", true, b"{}")));
+        assert!(i.namespace("a").is_none_or(|n| n.secret.is_none()));
+        // Its DELETED event ends the tombstone; a new Secret of the name is seen.
+        i.delete_secret("a", Some("u1"));
+        assert!(i.apply_secret(&secret("a", "u2", "8", true, b"{}")));
+        assert!(!format!("{i:?}").contains("auths"));
     }
 
     #[test]

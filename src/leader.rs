@@ -23,6 +23,8 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use tokio::sync::watch;
 
+use crate::kube_errors::is_conflict;
+
 /// Where the Lease is and how it is held.
 #[derive(Debug, Clone)]
 pub struct LeaseConfig {
@@ -122,11 +124,21 @@ pub fn next_spec(
     }
 }
 
-/// Whether this replica leads, and until when at the latest. Shared with every writer.
+#[derive(Debug, Default)]
+struct TermState {
+    /// The current (or last) term; a new one starts whenever leadership is taken after it was
+    /// lost or ran out.
+    number: u64,
+    valid_until: Option<Instant>,
+}
+
+/// Whether this replica leads, in which term, and until when at the latest. Shared with every
+/// writer: a write checks that its own term is still the current one and not over.
 #[derive(Debug, Clone)]
 pub struct Leadership {
-    valid_until: Arc<Mutex<Option<Instant>>>,
-    state: watch::Sender<bool>,
+    term: Arc<Mutex<TermState>>,
+    /// `Some(term)` while leading.
+    state: watch::Sender<Option<u64>>,
 }
 
 impl Default for Leadership {
@@ -139,8 +151,8 @@ impl Leadership {
     /// Not leading (yet).
     pub fn new() -> Leadership {
         Leadership {
-            valid_until: Arc::new(Mutex::new(None)),
-            state: watch::channel(false).0,
+            term: Arc::default(),
+            state: watch::channel(None).0,
         }
     }
 
@@ -151,50 +163,79 @@ impl Leadership {
         l
     }
 
-    /// True while the last renewal is recent enough. Checked before every write.
-    pub fn is_leader(&self) -> bool {
-        self.deadline().is_some_and(|t| Instant::now() < t)
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        *self
-            .valid_until
+    fn lock(&self) -> std::sync::MutexGuard<'_, TermState> {
+        self.term
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The term being led now, if any.
+    pub fn term(&self) -> Option<u64> {
+        let t = self.lock();
+        t.valid_until
+            .is_some_and(|v| Instant::now() < v)
+            .then_some(t.number)
+    }
+
+    /// True while the last renewal is recent enough.
+    pub fn is_leader(&self) -> bool {
+        self.term().is_some()
+    }
+
+    /// True while term `term` goes on. Checked before every write.
+    pub fn leads_in(&self, term: u64) -> bool {
+        self.term() == Some(term)
+    }
+
+    /// How long term `term` lasts at most without another renewal.
+    pub fn remaining_in(&self, term: u64) -> Option<Duration> {
+        let t = self.lock();
+        match t.valid_until {
+            Some(v) if t.number == term => v
+                .checked_duration_since(Instant::now())
+                .filter(|left| !left.is_zero()),
+            _ => None,
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.lock().valid_until
+    }
+
     fn extend(&self, until: Instant) {
-        *self
-            .valid_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(until);
-        self.state.send_if_modified(|s| !std::mem::replace(s, true));
+        let number = {
+            let mut t = self.lock();
+            // Taken again after the last term ended or ran out: a new term.
+            if t.valid_until.is_none_or(|v| Instant::now() >= v) {
+                t.number += 1;
+            }
+            t.valid_until = Some(until);
+            t.number
+        };
+        self.state
+            .send_if_modified(|s| s.replace(number) != Some(number));
     }
 
     fn end(&self) {
-        *self
-            .valid_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        self.state.send_if_modified(|s| std::mem::replace(s, false));
+        self.lock().valid_until = None;
+        self.state.send_if_modified(|s| s.take().is_some());
     }
 
-    /// Changes of leadership: `true` when a term starts, `false` when it ends.
-    pub fn subscribe(&self) -> watch::Receiver<bool> {
+    /// Changes of leadership: `Some(term)` when a term starts, `None` when it ends.
+    pub fn subscribe(&self) -> watch::Receiver<Option<u64>> {
         self.state.subscribe()
     }
 
-    /// Resolves once this term is over: leadership lost, or its deadline passed unrenewed.
-    pub async fn lost(&self) {
+    /// Resolves once term `term` is over: lost, or its deadline passed unrenewed.
+    pub async fn lost(&self, term: u64) {
         let mut rx = self.subscribe();
         loop {
-            if !self.is_leader() {
+            let Some(left) = self.remaining_in(term) else {
                 return;
-            }
-            let deadline = self.deadline().unwrap_or_else(Instant::now);
+            };
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() { return },
-                _ = tokio::time::sleep_until(deadline) => {},
+                _ = tokio::time::sleep(left) => {},
             }
         }
     }
@@ -224,10 +265,6 @@ pub struct Elector {
     leadership: Leadership,
     /// The record last seen, and when it was first seen as it is.
     observed: Option<(Record, Instant)>,
-}
-
-fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
 impl Elector {
@@ -263,9 +300,41 @@ impl Elector {
         }
     }
 
+    /// Writes the Lease as held by this replica over `current` (as read). `Ok(None)`: someone
+    /// else wrote it first.
+    async fn take(&mut self, current: Option<&Lease>) -> Result<Option<Lease>, LeaseError> {
+        let record = current.map(Record::of);
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(self.cfg.name.clone()),
+                namespace: Some(self.cfg.namespace.clone()),
+                resource_version: current.and_then(|l| l.metadata.resource_version.clone()),
+                ..Default::default()
+            },
+            spec: Some(next_spec(
+                record.as_ref(),
+                &self.cfg.identity,
+                &self.cfg,
+                Timestamp::now(),
+            )),
+        };
+        let pp = PostParams::default();
+        let written = match current {
+            None => self.api.create(&pp, &lease).await,
+            Some(_) => self.api.replace(&self.cfg.name, &pp, &lease).await,
+        };
+        match written {
+            Ok(l) => {
+                self.observe(Some(Record::of(&l)));
+                Ok(Some(l))
+            }
+            Err(e) if is_conflict(&e) => Ok(None),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
     /// One round of the protocol. `Ok(true)`: this replica holds the Lease now.
     async fn try_acquire_or_renew(&mut self) -> Result<bool, LeaseError> {
-        let me = self.cfg.identity.clone();
         let current = self
             .api
             .get_opt(&self.cfg.name)
@@ -273,43 +342,15 @@ impl Elector {
             .map_err(|e| self.err(e))?;
         let record = current.as_ref().map(Record::of);
         let unchanged_for = self.observe(record.clone());
-        if !may_take(record.as_ref(), &me, unchanged_for) {
+        if !may_take(record.as_ref(), &self.cfg.identity, unchanged_for) {
             return Ok(false);
         }
-        let lease = Lease {
-            metadata: ObjectMeta {
-                name: Some(self.cfg.name.clone()),
-                namespace: Some(self.cfg.namespace.clone()),
-                resource_version: current
-                    .as_ref()
-                    .and_then(|l| l.metadata.resource_version.clone()),
-                ..Default::default()
-            },
-            spec: Some(next_spec(record.as_ref(), &me, &self.cfg, Timestamp::now())),
-        };
-        let written = match current {
-            None => self.api.create(&PostParams::default(), &lease).await,
-            Some(_) => {
-                self.api
-                    .replace(&self.cfg.name, &PostParams::default(), &lease)
-                    .await
-            }
-        };
-        match written {
-            Ok(l) => {
-                self.observe(Some(Record::of(&l)));
-                Ok(true)
-            }
-            // Someone else wrote it first: read again next round.
-            Err(e) if is_conflict(&e) => Ok(false),
-            Err(e) => Err(self.err(e)),
-        }
+        Ok(self.take(current.as_ref()).await?.is_some())
     }
 
     /// Takes the Lease whoever holds it (for `cleanup`). Returns how long the previous holder
     /// may still believe it leads: wait that long before acting as the only writer.
     pub async fn preempt(&mut self) -> Result<Duration, LeaseError> {
-        let me = self.cfg.identity.clone();
         loop {
             let current = self
                 .api
@@ -317,41 +358,16 @@ impl Elector {
                 .await
                 .map_err(|e| self.err(e))?;
             let record = current.as_ref().map(Record::of);
-            let wait = match record.as_ref().and_then(|r| r.holder.as_deref()) {
-                Some(h) if h != me => Duration::from_secs(
-                    u64::try_from(record.as_ref().map_or(0, |r| r.duration_seconds).max(1))
-                        .unwrap_or(1),
-                ),
+            let wait = match &record {
+                Some(r) if r.holder.as_deref().is_some_and(|h| h != self.cfg.identity) => {
+                    Duration::from_secs(u64::try_from(r.duration_seconds.max(1)).unwrap_or(1))
+                }
                 _ => Duration::ZERO,
             };
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.cfg.name.clone()),
-                    namespace: Some(self.cfg.namespace.clone()),
-                    resource_version: current
-                        .as_ref()
-                        .and_then(|l| l.metadata.resource_version.clone()),
-                    ..Default::default()
-                },
-                spec: Some(next_spec(record.as_ref(), &me, &self.cfg, Timestamp::now())),
-            };
             let started = Instant::now();
-            let written = match current {
-                None => self.api.create(&PostParams::default(), &lease).await,
-                Some(_) => {
-                    self.api
-                        .replace(&self.cfg.name, &PostParams::default(), &lease)
-                        .await
-                }
-            };
-            match written {
-                Ok(l) => {
-                    self.observe(Some(Record::of(&l)));
-                    self.leadership.extend(started + self.cfg.renew_deadline());
-                    return Ok(wait);
-                }
-                Err(e) if is_conflict(&e) => continue,
-                Err(e) => return Err(self.err(e)),
+            if self.take(current.as_ref()).await?.is_some() {
+                self.leadership.extend(started + self.cfg.renew_deadline());
+                return Ok(wait);
             }
         }
     }
@@ -385,8 +401,9 @@ impl Elector {
         }
     }
 
-    /// Takes part in the election until `stop` resolves, then releases the Lease if held.
-    pub async fn run(mut self, stop: impl Future<Output = ()>) {
+    /// Takes part in the election until `stop` resolves, then releases the Lease if held and
+    /// `release` says so (otherwise it runs out by itself).
+    pub async fn run(mut self, stop: impl Future<Output = ()>, release: bool) {
         let mut stop = std::pin::pin!(stop);
         let per_call = self.cfg.renew_deadline().min(Duration::from_secs(10));
         loop {
@@ -407,14 +424,12 @@ impl Elector {
             };
             match outcome {
                 Some(Ok(Ok(true))) => {
-                    let renewed_late = was_leader && !self.leadership.is_leader();
-                    if renewed_late {
-                        // The deadline passed while renewing: that term is over; a new one starts.
-                        self.leadership.end();
-                    }
+                    // Renewed after the deadline passed: that term is over and a new one starts
+                    // (extend() counts it).
+                    let new_term = !self.leadership.is_leader();
                     self.leadership.extend(started + self.cfg.renew_deadline());
-                    if !was_leader || renewed_late {
-                        tracing::info!(identity = %self.cfg.identity, lease = %self.cfg.name, "became the leader");
+                    if new_term {
+                        tracing::info!(identity = %self.cfg.identity, lease = %self.cfg.name, term = ?self.leadership.term(), "became the leader");
                     }
                 }
                 Some(Ok(Ok(false))) if was_leader || self.leadership.deadline().is_some() => {
@@ -449,7 +464,7 @@ impl Elector {
                 _ = tokio::time::sleep_until(next) => {},
             }
         }
-        if self.leadership.deadline().is_some() {
+        if release && self.leadership.deadline().is_some() {
             match tokio::time::timeout(Duration::from_secs(5), self.release()).await {
                 Ok(Ok(())) => tracing::info!("released the Lease"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "could not release the Lease"),
@@ -552,10 +567,21 @@ mod tests {
         l.extend(Instant::now() + Duration::from_secs(10));
         assert!(l.is_leader());
         assert!(changes.has_changed().unwrap_or(false));
-        assert!(*changes.borrow_and_update());
+        let term = changes.borrow_and_update().unwrap_or_default();
+        assert!(l.leads_in(term));
+        // Renewed in time: the same term.
+        l.extend(Instant::now() + Duration::from_secs(10));
+        assert_eq!(l.term(), Some(term));
         let started = tokio::time::Instant::now();
-        l.lost().await;
+        l.lost(term).await;
         assert_eq!(started.elapsed().as_secs(), 10);
         assert!(!l.is_leader());
+        assert!(!l.leads_in(term));
+        // Renewed after the deadline passed: a new term, and the old one stays over.
+        l.extend(Instant::now() + Duration::from_secs(10));
+        assert_eq!(l.term(), Some(term + 1));
+        assert!(!l.leads_in(term));
+        l.end();
+        assert_eq!(*changes.borrow_and_update(), None);
     }
 }

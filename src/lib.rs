@@ -13,6 +13,7 @@ pub mod controller;
 pub mod credentials;
 pub mod duration;
 pub mod index;
+pub mod kube_errors;
 pub mod leader;
 pub mod metrics;
 pub mod plan;

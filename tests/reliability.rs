@@ -518,6 +518,10 @@ async fn outages_around_the_refresh_point_never_leave_an_expired_password_once_t
             "REPORT outage ending {shape}: {during} GetAuthorizationToken requests reached the cloud during the outage; longest time a namespace held an expired password after the cloud answered: {worst:?}"
         );
         assert!(during < 200, "{shape}: {during} calls: not bounded");
+        assert!(
+            worst < Duration::from_secs(5),
+            "{shape}: an expired password for {worst:?} after the cloud answered"
+        );
     }
 }
 
@@ -695,6 +699,22 @@ async fn a_leader_that_cannot_renew_stops_writing_and_the_other_takes_over() {
     assert!(
         a_last < b_first,
         "two writers: replica-a wrote at {a_last} after replica-b's first write at {b_first}"
+    );
+    // replica-a wrote nothing later than the lease duration (4 s; its renew deadline is 2 s) after
+    // its last successful renewal.
+    let last_renewal = h
+        .lease_updates("replica-a")
+        .into_iter()
+        .filter(|t| *t < b_first)
+        .max()
+        .unwrap_or_else(|| panic!("replica-a never renewed"));
+    let after_renewal = a_last.duration_since(last_renewal);
+    eprintln!(
+        "REPORT replica-a's last write came {after_renewal:?} after its last renewal (renew deadline 2 s)"
+    );
+    assert!(
+        after_renewal < jiff::SignedDuration::from_secs(4),
+        "replica-a wrote {after_renewal:?} after its last renewal"
     );
     assert_eq!(both, 0, "both replicas reported leading at once");
     assert!(

@@ -249,6 +249,8 @@ async fn new_service_accounts_are_created_with_the_reference() {
 async fn no_reference_where_a_foreign_secret_holds_the_name() {
     let h = Harness::new("whforeign", &default_config(), "cluster-admin").await;
     let watched = TestNamespace::create(&h.client, "wh-foreign").await;
+    // A selected namespace without a foreign Secret: proof that the webhook answers at all.
+    let control = TestNamespace::create(&h.client, "wh-control").await;
     let port = free_port();
     let name = format!("acr-helper-{}", h.config_ns.name);
     let _remove = RemoveWebhook(name.clone());
@@ -276,8 +278,9 @@ async fn no_reference_where_a_foreign_secret_holds_the_name() {
         .create(&PostParams::default(), &foreign)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    let both = format!("{},{}", watched.name, control.name);
     h.apply_config(&[
-        ("watch-namespace", watched.name.as_str()),
+        ("watch-namespace", both.as_str()),
         ("service-account", "*"),
         ("acr-registry-info", "- instanceId: cri-fakeinstance0001\n"),
         ("webhook-configuration", "enable: true\n"),
@@ -306,8 +309,25 @@ async fn no_reference_where_a_foreign_secret_holds_the_name() {
         mwcs.get_opt(&name).await.ok().flatten().is_some()
     })
     .await;
-    // The webhook is called (a ServiceAccount in another, selected-by-all test would get the
-    // reference); here it answers without a patch, at every attempt.
+    // The webhook answers: a new ServiceAccount of the control namespace is created with the
+    // reference...
+    let control_sas = Api::<ServiceAccount>::namespaced(h.client.clone(), &control.name);
+    let mut n = 0;
+    wait_until(Duration::from_secs(30), "the webhook to answer", || {
+        n += 1;
+        let control_sas = control_sas.clone();
+        let ours = h.secret_name.clone();
+        async move {
+            control_sas
+                .create(&PostParams::default(), &sa(&format!("probe-{n}")))
+                .await
+                .ok()
+                .and_then(|s| s.image_pull_secrets)
+                .is_some_and(|r| r.iter().any(|r| r.name == ours))
+        }
+    })
+    .await;
+    // ...and next to the foreign Secret it answers without a patch, at every attempt.
     let sas = Api::<ServiceAccount>::namespaced(h.client.clone(), &watched.name);
     for i in 0..5 {
         let created = sas

@@ -6,19 +6,22 @@
 //!    uninstalling, remove the annotation).
 //! 2. It takes the leader Lease, whoever holds it, and waits until the previous holder's right to
 //!    write has surely run out (the Lease's duration): from then on it is the only writer.
-//! 3. It removes every reference to the pull Secret, every pull Secret of ours, the webhook
-//!    registration and its certificate, and the persisted configuration; then releases the Lease.
+//! 3. It removes the webhook registration first (so no new ServiceAccount gets a reference
+//!    meanwhile), then every reference to the pull Secret, every pull Secret of ours, the
+//!    webhook's certificate and the persisted configuration. It does not give the Lease back: it
+//!    runs out by itself, by which time every replica has seen the mark.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ListParams, Patch};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-use super::Error;
-use super::writes::{FIELD_MANAGER, Writer};
+use super::writes::Writer;
+use super::{Error, kube_error, registration};
 use crate::config_source::CLEANUP_ANNOTATION;
 use crate::index::SaState;
 use crate::leader::{Elector, Leadership, LeaseConfig};
@@ -45,14 +48,11 @@ pub struct Report {
     pub webhook: bool,
 }
 
-fn kube_err(action: &'static str, kind: &'static str, object: &str, e: kube::Error) -> Error {
-    Error::Kube {
-        action,
-        kind,
-        object: object.to_owned(),
-        source: Box::new(e),
-    }
-}
+/// Writes at once while cleaning up.
+const CONCURRENCY: usize = 16;
+
+/// How long `cleanup` may take at most (the chart's hook Job allows a little more).
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// Runs the whole cleanup. `lease_client` should be a client of its own.
 pub async fn cleanup(
@@ -64,29 +64,36 @@ pub async fn cleanup(
     // 1. The mark: replicas stand down and stay down.
     let cms = Api::<ConfigMap>::namespaced(client.clone(), &s.config_namespace);
     let mark = json!({"metadata": {"annotations": {CLEANUP_ANNOTATION: jiff::Timestamp::now().to_string()}}});
-    let pp = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..Default::default()
-    };
-    match cms.patch(&s.config_name, &pp, &Patch::Merge(&mark)).await {
+    match cms
+        .patch(
+            &s.config_name,
+            &Writer::patch_params(),
+            &Patch::Merge(&mark),
+        )
+        .await
+    {
         Ok(_) => {
             tracing::info!(configmap = %s.config_name, "marked the ConfigMap: every replica stands down")
         }
         Err(kube::Error::Api(e)) if e.code == 404 => {
             tracing::info!(configmap = %s.config_name, "no ConfigMap: the replicas do nothing already")
         }
-        Err(e) => return Err(kube_err("patch", "ConfigMap", &s.config_name, e)),
+        Err(e) => return Err(kube_error("patch", "ConfigMap", &s.config_name, &e)),
     }
 
     // 2. The Lease: the previous leader stops writing before this command starts.
     let leadership = Leadership::new();
     let mut elector = Elector::new(lease_client.clone(), s.lease.clone(), leadership.clone());
     let wait = elector.preempt().await?;
+    let term = leadership.term().ok_or(Error::NotLeader)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let keeper = tokio::spawn(
-        Elector::new(lease_client, s.lease.clone(), leadership.clone()).run(async {
-            let _ = stop_rx.await;
-        }),
+        Elector::new(lease_client, s.lease.clone(), leadership.clone()).run(
+            async {
+                let _ = stop_rx.await;
+            },
+            false,
+        ),
     );
     if !wait.is_zero() {
         tracing::info!(
@@ -95,10 +102,8 @@ pub async fn cleanup(
         );
         tokio::time::sleep(wait).await;
     }
-    let writer = Writer::new(client.clone(), leadership, metrics);
+    let writer = Writer::new(client.clone(), leadership, term, metrics);
     let result = remove_everything(&client, &writer, s).await;
-
-    // 3. Give the Lease back: a replica may lead again, and finds the mark.
     let _ = stop_tx.send(());
     let _ = keeper.await;
     result
@@ -109,63 +114,76 @@ async fn remove_everything(
     writer: &Writer,
     s: &CleanupSettings,
 ) -> Result<Report, Error> {
-    let mut report = Report::default();
+    let mut report = Report {
+        webhook: registration::remove(writer, &s.webhook_configuration)
+            .await
+            .map_err(|e| Error::Registration(e.to_string()))?,
+        ..Report::default()
+    };
+
     let sas = Api::<ServiceAccount>::all(client.clone())
         .list(&ListParams::default())
         .await
-        .map_err(|e| kube_err("list", "ServiceAccount", "all namespaces", e))?;
-    for sa in sas.items {
-        let names: Vec<String> = sa
-            .image_pull_secrets
-            .iter()
-            .flatten()
-            .map(|r| r.name.clone())
+        .map_err(|e| kube_error("list", "ServiceAccount", "all namespaces", &e))?;
+    let referencing: Vec<(String, String, SaState)> =
+        sas.items
+            .into_iter()
+            .filter_map(|sa| {
+                let names: Vec<String> = sa
+                    .image_pull_secrets
+                    .iter()
+                    .flatten()
+                    .map(|r| r.name.clone())
+                    .collect();
+                reference_needs_change(names.iter().map(String::as_str), &s.secret_name, false)
+                    .then(|| {
+                        let known = SaState {
+                            resource_version: sa.resource_version().unwrap_or_default(),
+                            pull_secrets: names,
+                        };
+                        (sa.namespace().unwrap_or_default(), sa.name_any(), known)
+                    })
+            })
             .collect();
-        if !reference_needs_change(names.iter().map(String::as_str), &s.secret_name, false) {
-            continue;
-        }
-        let ns = sa.namespace().unwrap_or_default();
-        let known = SaState {
-            resource_version: sa.resource_version().unwrap_or_default(),
-            pull_secrets: names,
-        };
-        if writer
-            .ensure_reference(&ns, &sa.name_any(), &known, &s.secret_name, false)
-            .await?
-            .is_some()
-        {
-            report.references += 1;
-        }
-    }
+    let removed: Vec<bool> = futures::stream::iter(referencing)
+        .map(|(ns, name, known)| async move {
+            writer
+                .ensure_reference(&ns, &name, &known, &s.secret_name, false)
+                .await
+                .map(|patched| patched.is_some())
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    report.references = removed.into_iter().filter(|r| *r).count();
+
     let secrets = Api::<Secret>::all(client.clone())
         .list(&ListParams::default().fields(&format!("metadata.name={}", s.secret_name)))
         .await
-        .map_err(|e| kube_err("list", "Secret", "all namespaces", e))?;
-    for secret in secrets.items.iter().filter(|x| is_managed(&x.metadata)) {
+        .map_err(|e| kube_error("list", "Secret", "all namespaces", &e))?;
+    let deleted: Vec<bool> = futures::stream::iter(
+        secrets
+            .items
+            .into_iter()
+            .filter(|x| is_managed(&x.metadata)),
+    )
+    .map(|secret| async move {
         let ns = secret.namespace().unwrap_or_default();
-        if writer
+        writer
             .delete_secret(&ns, &s.secret_name, &secret.uid().unwrap_or_default())
-            .await?
-        {
-            report.secrets += 1;
-        }
-    }
-    report.webhook = crate::webhook::runtime::remove(client, &s.webhook_configuration)
-        .await
-        .map_err(|e| {
-            kube_err(
-                "delete",
-                "MutatingWebhookConfiguration",
-                &s.webhook_configuration,
-                e,
-            )
-        })?;
+            .await
+    })
+    .buffer_unordered(CONCURRENCY)
+    .try_collect()
+    .await?;
+    report.secrets = deleted.into_iter().filter(|d| *d).count();
+
     let own = Api::<Secret>::namespaced(client.clone(), &s.config_namespace);
     for name in [&s.webhook_tls_secret, &s.last_config_secret] {
         let found = own
             .get_opt(name)
             .await
-            .map_err(|e| kube_err("get", "Secret", name, e))?;
+            .map_err(|e| kube_error("get", "Secret", name, &e))?;
         if let Some(secret) = found.filter(|x| is_managed(&x.metadata)) {
             writer
                 .delete_secret(&s.config_namespace, name, &secret.uid().unwrap_or_default())
@@ -174,6 +192,3 @@ async fn remove_everything(
     }
     Ok(report)
 }
-
-/// How long `cleanup` may take at most before giving up on a hung API server.
-pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(600);

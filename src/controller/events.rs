@@ -14,6 +14,7 @@ const MAX_NOTE: usize = 1000;
 pub struct Events {
     recorder: Recorder,
     leadership: Leadership,
+    term: u64,
 }
 
 fn bounded(note: String) -> String {
@@ -28,10 +29,11 @@ fn bounded(note: String) -> String {
 }
 
 impl Events {
-    pub fn new(client: Client, reporter: Reporter, leadership: Leadership) -> Events {
+    pub fn new(client: Client, reporter: Reporter, leadership: Leadership, term: u64) -> Events {
         Events {
             recorder: Recorder::new(client, reporter),
             leadership,
+            term,
         }
     }
 
@@ -42,7 +44,7 @@ impl Events {
         reason: &str,
         note: String,
     ) {
-        if !self.leadership.is_leader() {
+        if !self.leadership.leads_in(self.term) {
             return;
         }
         let event = Event {

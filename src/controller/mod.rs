@@ -16,6 +16,7 @@ pub mod cleanup;
 pub mod events;
 pub mod queue;
 pub mod refresher;
+pub mod registration;
 pub mod writes;
 
 use std::collections::{HashMap, HashSet};
@@ -23,36 +24,39 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::ObjectMeta;
 use kube::runtime::events::Reporter;
 use kube::{Api, Client};
 use tokio::sync::watch;
 
+use crate::config::Config;
 use crate::config_source::{
-    ACCEPTED_AT_ANNOTATION, ConfigView, Idle, InForce, LAST_CONFIG_KEY, Origin, RawConfig,
+    ACCEPTED_AT_ANNOTATION, CONFIGMAP_VERSION_ANNOTATION, ConfigView, Idle, InForce,
+    LAST_CONFIG_KEY, Origin, RawConfig,
 };
 use crate::credentials::Registry;
 use crate::index::SharedIndex;
 use crate::leader::Leadership;
 use crate::metrics::{CategoryLabel, Metrics, ResultLabel};
 use crate::plan::{Desired, NamespacePlan, SecretStep, plan_namespace};
-use crate::render::{EXPIRES_AT, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SecretContent};
+use crate::render::{EXPIRES_AT, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use events::Events;
 use queue::WorkQueue;
+use refresher::Content;
 use refresher::{Refresher, retry_delay};
-use writes::{SecretWrite, Writer};
+use writes::Writer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{action} {kind} {object}: {source}")]
+    #[error("{action} {kind} {object}: {detail}")]
     Kube {
         action: &'static str,
         kind: &'static str,
         object: String,
-        #[source]
-        source: Box<kube::Error>,
+        detail: String,
     },
     #[error(
         "Secret {object} exists and is not managed by aliyun-acr-credential-helper; it is left alone and no ServiceAccount there is patched"
@@ -60,7 +64,7 @@ pub enum Error {
     ForeignSecret { object: String },
     #[error("{object} kept changing under us; will try again")]
     Conflicts { object: String },
-    #[error("this replica is not the leader (any more); it writes nothing")]
+    #[error("this replica's leadership term is over; it writes nothing more")]
     NotLeader,
     #[error("{failed} of {total} writes failed in namespace {namespace}; the first: {first}")]
     Several {
@@ -71,13 +75,15 @@ pub enum Error {
     },
     #[error("{0}")]
     Lease(#[from] crate::leader::LeaseError),
+    #[error("admission webhook: {0}")]
+    Registration(String),
 }
 
 impl Error {
     /// A stable category for metrics and Event reasons.
     pub fn category(&self) -> &'static str {
         match self {
-            Error::Kube { .. } | Error::Lease(_) => "kube_api",
+            Error::Kube { .. } | Error::Lease(_) | Error::Registration(_) => "kube_api",
             Error::ForeignSecret { .. } => "foreign_secret",
             Error::Conflicts { .. } => "conflict",
             Error::NotLeader => "not_leader",
@@ -85,6 +91,30 @@ impl Error {
         }
     }
 }
+
+/// An API error of a write, as logs and Events may show it: about a Secret, the status only
+/// (an admission webhook's message could quote the data it rejected).
+pub fn kube_error(
+    action: &'static str,
+    kind: &'static str,
+    object: &str,
+    e: &kube::Error,
+) -> Error {
+    let detail = if kind == "Secret" {
+        crate::kube_errors::without_message(e)
+    } else {
+        e.to_string()
+    };
+    Error::Kube {
+        action,
+        kind,
+        object: object.to_owned(),
+        detail,
+    }
+}
+
+/// ServiceAccounts of one namespace patched at once.
+const PATCHES_PER_NAMESPACE: usize = 8;
 
 /// Names the controller works with.
 #[derive(Debug, Clone)]
@@ -149,7 +179,7 @@ struct Term {
     shared: Arc<Shared>,
     writer: Writer,
     events: Events,
-    content: watch::Receiver<Option<Arc<SecretContent>>>,
+    content: watch::Receiver<Option<Arc<Content>>>,
     queue: WorkQueue,
     failures: Mutex<HashMap<Arc<str>, u32>>,
     /// Namespaces reported as blocked by a foreign Secret (reported once).
@@ -180,32 +210,40 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Term {
-    fn desired(&self) -> Option<Arc<SecretContent>> {
-        self.content.borrow().clone()
+    /// The content to write under `cfg`: only content made for exactly its instances (right
+    /// after an edit the refresher may not have caught up yet).
+    fn desired(&self, cfg: &Config) -> Option<Arc<Content>> {
+        self.content
+            .borrow()
+            .clone()
+            .filter(|c| c.configured == cfg.instances)
     }
 
-    /// The plan of one namespace now, with the state it was made from.
-    fn plan(&self, ns: &str) -> Option<(NamespacePlan, crate::index::NsState)> {
+    /// The plan of one namespace now, with the state and the content it was made from.
+    fn plan(
+        &self,
+        ns: &str,
+    ) -> Option<(NamespacePlan, crate::index::NsState, Option<Arc<Content>>)> {
         let view = self.shared.view.borrow().clone();
         let cfg = view.config()?;
-        let content = self.desired();
+        let content = self.desired(cfg);
         let desired = content
             .as_deref()
-            .map_or(Desired::Unavailable, Desired::Content);
+            .map_or(Desired::Unavailable, |c| Desired::Content(&c.secret));
         let index = self.shared.index.read();
         let state = index.namespace(ns)?;
         let plan = plan_namespace(ns, state, cfg, &self.shared.settings.secret_name, desired);
-        Some((plan, state.clone()))
+        Some((plan, state.clone(), content))
     }
 
     /// Queues every namespace whose plan is not empty (after a configuration or content change).
     fn enqueue_all(&self) {
         let view = self.shared.view.borrow().clone();
         let Some(cfg) = view.config() else { return };
-        let content = self.desired();
+        let content = self.desired(cfg);
         let desired = content
             .as_deref()
-            .map_or(Desired::Unavailable, Desired::Content);
+            .map_or(Desired::Unavailable, |c| Desired::Content(&c.secret));
         let secret_name = &self.shared.settings.secret_name;
         let due: Vec<Arc<str>> = {
             let index = self.shared.index.read();
@@ -227,8 +265,8 @@ impl Term {
 
     fn enqueue_if_needed(&self, ns: Arc<str>) {
         match self.plan(&ns) {
-            Some((plan, _)) if !plan.is_empty() => self.queue.add(ns),
-            Some((plan, _)) if plan.secret == SecretStep::Blocked => self.queue.add(ns),
+            Some((plan, _, _)) if !plan.is_empty() => self.queue.add(ns),
+            Some((plan, _, _)) if plan.secret == SecretStep::Blocked => self.queue.add(ns),
             _ => {
                 lock(&self.blocked).remove(&ns);
             }
@@ -236,7 +274,7 @@ impl Term {
     }
 
     async fn reconcile(&self, ns: &Arc<str>) -> Result<(), Error> {
-        let Some((plan, state)) = self.plan(ns) else {
+        let Some((plan, state, content)) = self.plan(ns) else {
             return Ok(());
         };
         let settings = &self.shared.settings;
@@ -256,57 +294,68 @@ impl Term {
         if plan.is_empty() {
             return Ok(());
         }
-        let content = self.desired();
         let index = &self.shared.index;
+        // The Secret first: without it no reference may be added. The plan only creates or
+        // updates with content (the same snapshot it was made with).
         if let (SecretStep::Create | SecretStep::Update, Some(content)) = (plan.secret, &content) {
-            match self
+            let written = self
                 .writer
-                .ensure_secret(ns, &settings.secret_name, content, state.secret.as_ref())
-                .await
-            {
-                Ok(SecretWrite::Written(s)) => index.record(|i| {
-                    i.apply_secret(&s);
-                }),
-                Ok(SecretWrite::Unchanged) => {}
-                Err(e @ Error::ForeignSecret { .. }) => {
-                    // Someone took the name meanwhile; the index will say so and block the namespace.
-                    return Err(e);
-                }
-                // Without our Secret no reference may be added.
-                Err(e) => return Err(e),
-            }
+                .ensure_secret(
+                    ns,
+                    &settings.secret_name,
+                    &content.secret,
+                    state.secret.as_ref(),
+                )
+                .await?;
+            index.record(|i| {
+                i.apply_secret(&written);
+            });
         }
         let total = plan.references.len() + usize::from(plan.secret == SecretStep::Delete);
-        let mut errors = Vec::new();
-        // Additions first, then removals (the plan lists them in name order).
+        // Additions first, then removals; a few ServiceAccounts at once. One that cannot be
+        // patched does not stop the others.
         let mut steps = plan.references.clone();
         steps.sort_by_key(|s| !s.add);
-        for step in &steps {
-            let Some(known) = state.service_accounts.get(&step.service_account) else {
-                continue;
-            };
-            match self
-                .writer
-                .ensure_reference(
-                    ns,
-                    &step.service_account,
-                    known,
-                    &settings.secret_name,
-                    step.add,
-                )
-                .await
-            {
-                Ok(Some(sa)) => index.record(|i| {
-                    i.apply_service_account(&sa);
-                }),
-                Ok(None) => {}
+        let outcomes: Vec<(Arc<str>, Result<(), Error>)> = futures::stream::iter(steps)
+            .map(|step| {
+                let known = state.service_accounts.get(&step.service_account).cloned();
+                async move {
+                    let Some(known) = known else {
+                        return (step.service_account, Ok(()));
+                    };
+                    let result = self
+                        .writer
+                        .ensure_reference(
+                            ns,
+                            &step.service_account,
+                            &known,
+                            &settings.secret_name,
+                            step.add,
+                        )
+                        .await
+                        .map(|patched| {
+                            if let Some(sa) = patched {
+                                index.record(|i| {
+                                    i.apply_service_account(&sa);
+                                });
+                            }
+                        });
+                    (step.service_account, result)
+                }
+            })
+            .buffer_unordered(PATCHES_PER_NAMESPACE)
+            .collect()
+            .await;
+        let mut errors = Vec::new();
+        for (sa, outcome) in outcomes {
+            match outcome {
+                Ok(()) => {}
                 Err(Error::NotLeader) => return Err(Error::NotLeader),
                 Err(e) => {
-                    // One ServiceAccount that cannot be patched does not stop the others.
-                    tracing::warn!(namespace = %ns, service_account = %step.service_account, error = %e, "could not patch imagePullSecrets");
+                    tracing::warn!(namespace = %ns, service_account = %sa, error = %e, "could not patch imagePullSecrets");
                     self.events
                         .warn(
-                            &service_account_reference(ns, &step.service_account),
+                            &service_account_reference(ns, &sa),
                             "PatchFailed",
                             e.to_string(),
                         )
@@ -325,9 +374,7 @@ impl Term {
                     .delete_secret(ns, &settings.secret_name, &secret.uid)
                     .await
                 {
-                    Ok(_) => index.record(|i| {
-                        i.delete_secret(ns, Some(&secret.uid));
-                    }),
+                    Ok(_) => index.record(|i| i.deleted_secret(ns, &secret.uid)),
                     Err(e) => errors.push(e),
                 }
             }
@@ -408,23 +455,33 @@ impl Term {
         }
     }
 
-    /// The leader's duties about the configuration itself.
+    /// The leader's duties about the configuration itself: persisting the accepted one, the
+    /// webhook's registration, Events on rejected edits. What fails is tried again soon.
     async fn configuration_duties(self: Arc<Self>) {
         let mut view = self.shared.view.clone();
         let mut reported: Option<String> = None;
         let mut registered: Option<crate::config::WebhookConfig> = None;
+        let mut persisted_ok = false;
         // The webhook certificate is checked for renewal every hour.
         let mut hourly = tokio::time::interval(Duration::from_secs(3600));
         hourly.tick().await;
         let mut force = false;
         loop {
             let v = view.borrow_and_update().clone();
+            let mut retry = false;
             if let Ok(in_force) = &v.state {
-                self.persist(&v, in_force).await;
+                match self.persist(&v, in_force).await {
+                    Ok(()) => persisted_ok = true,
+                    Err(Error::NotLeader) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not persist the accepted configuration; retrying");
+                        persisted_ok = false;
+                        retry = true;
+                    }
+                }
                 if force || registered.as_ref() != Some(&in_force.config.webhook) {
-                    match crate::webhook::runtime::reconcile(
-                        self.writer.client(),
-                        self.writer.leadership(),
+                    match registration::reconcile(
+                        &self.writer,
                         &self.shared.webhook,
                         &self.shared.settings.config_namespace,
                         &in_force.config.webhook,
@@ -432,6 +489,7 @@ impl Term {
                     .await
                     {
                         Ok(()) => registered = Some(in_force.config.webhook.clone()),
+                        Err(registration::RegisterError::Write(Error::NotLeader)) => return,
                         Err(e) => {
                             tracing::warn!(error = %e, "could not register the admission webhook");
                             if let Some(cm) = &v.configmap {
@@ -439,17 +497,24 @@ impl Term {
                                     .warn(cm, "WebhookFailed", format!("admission webhook: {e}"))
                                     .await;
                             }
+                            retry = true;
                         }
                     }
                 }
             }
             self.report(&v, &mut reported).await;
+            let backoff = if retry {
+                Duration::from_secs(5)
+            } else {
+                Duration::from_secs(24 * 3600)
+            };
             tokio::select! {
                 changed = view.changed() => {
                     if changed.is_err() { return }
                     force = false;
                 }
                 _ = hourly.tick() => force = true,
+                _ = tokio::time::sleep(backoff) => force = !persisted_ok || registered.is_none(),
             }
         }
     }
@@ -496,50 +561,42 @@ impl Term {
         *reported = Some(key);
     }
 
-    /// Keeps the Secret of the last accepted configuration equal to the live, accepted ConfigMap.
-    async fn persist(&self, v: &ConfigView, in_force: &InForce) {
-        if in_force.origin != Origin::Live || v.persisted.as_deref() == Some(&*in_force.data) {
-            return;
-        }
-        if let Err(e) = self
-            .write_last_config(&in_force.data, v.configmap.as_ref())
-            .await
+    /// Keeps the Secret of the last accepted configuration equal to the configuration this
+    /// replica accepted (the live ConfigMap, or the one it accepted before a rejected edit).
+    async fn persist(&self, v: &ConfigView, in_force: &InForce) -> Result<(), Error> {
+        if in_force.origin == Origin::LastAccepted
+            || v.persisted.as_ref().map(|p| &*p.data) == Some(&*in_force.data)
         {
-            tracing::warn!(error = %e, "could not persist the accepted configuration");
+            return Ok(());
         }
+        self.write_last_config(&in_force.data, in_force.resource_version.as_deref())
+            .await
     }
 
     async fn write_last_config(
         &self,
         data: &RawConfig,
-        cm: Option<&ObjectReference>,
+        cm_version: Option<&str>,
     ) -> Result<(), Error> {
         let s = &self.shared.settings;
         let api = Api::<Secret>::namespaced(self.writer.client().clone(), &s.config_namespace);
         let name = &s.last_config_secret;
-        let err = |action, e| Error::Kube {
-            action,
-            kind: "Secret",
-            object: format!("{}/{name}", s.config_namespace),
-            source: Box::new(e),
-        };
-        let existing = api.get_opt(name).await.map_err(|e| err("get", e))?;
+        let object = format!("{}/{name}", s.config_namespace);
+        let existing = api
+            .get_opt(name)
+            .await
+            .map_err(|e| kube_error("get", "Secret", &object, &e))?;
         if let Some(e) = &existing
             && !crate::render::is_managed(&e.metadata)
         {
-            return Err(Error::ForeignSecret {
-                object: format!("{}/{name}", s.config_namespace),
-            });
+            return Err(Error::ForeignSecret { object });
         }
         let mut annotations = std::collections::BTreeMap::from([(
             ACCEPTED_AT_ANNOTATION.to_owned(),
             Timestamp::now().to_string(),
         )]);
-        if let Some(rv) = cm.and_then(|r| r.resource_version.clone()) {
-            annotations.insert(
-                "aliyun-acr-credential-helper/configmap-resource-version".to_owned(),
-                rv,
-            );
+        if let Some(rv) = cm_version {
+            annotations.insert(CONFIGMAP_VERSION_ANNOTATION.to_owned(), rv.to_owned());
         }
         let secret = Secret {
             metadata: ObjectMeta {
@@ -562,42 +619,51 @@ impl Term {
             type_: Some("Opaque".to_owned()),
             ..Default::default()
         };
-        if !self.writer.leadership().is_leader() {
-            return Err(Error::NotLeader);
-        }
-        let pp = PostParams {
-            field_manager: Some(writes::FIELD_MANAGER.to_owned()),
-            ..Default::default()
+        let pp = Writer::post();
+        let written = match existing {
+            None => self.writer.write(api.create(&pp, &secret)).await?,
+            Some(_) => self.writer.write(api.replace(name, &pp, &secret)).await?,
         };
-        match existing {
-            None => api
-                .create(&pp, &secret)
-                .await
-                .map_err(|e| err("create", e))?,
-            Some(_) => api
-                .replace(name, &pp, &secret)
-                .await
-                .map_err(|e| err("replace", e))?,
-        };
+        written.map_err(|e| kube_error("write", "Secret", &object, &e))?;
         self.shared.metrics.write("last_config");
         tracing::info!(secret = %name, "persisted the accepted configuration");
         Ok(())
     }
 }
 
-/// Leads until `leadership` is lost: runs the refresher, the workers and the configuration
-/// duties, and queues namespaces as the index, the configuration and the content change.
-pub async fn lead(shared: Arc<Shared>, leadership: Leadership) {
+/// Why a term ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TermEnd {
+    /// Leadership was lost or ran out.
+    Lost,
+    /// The process is stopping.
+    Stopped,
+    /// A component the term needs is gone (a channel closed): the process should exit.
+    Broken,
+}
+
+/// Leads term `term` until it is over or `stop` resolves: runs the refresher, the workers and
+/// the configuration duties, and queues namespaces as the index, the configuration and the
+/// content change. Returns only once every task of the term has ended, so nothing of it writes
+/// afterwards.
+pub async fn lead(
+    shared: Arc<Shared>,
+    leadership: Leadership,
+    term_number: u64,
+    stop: impl Future<Output = ()>,
+) -> TermEnd {
     let (content_tx, content_rx) = watch::channel(None);
     let events = Events::new(
         shared.client.clone(),
         shared.reporter.clone(),
         leadership.clone(),
+        term_number,
     );
     let term = Arc::new(Term {
         writer: Writer::new(
             shared.client.clone(),
             leadership.clone(),
+            term_number,
             shared.metrics.clone(),
         ),
         events: events.clone(),
@@ -607,12 +673,14 @@ pub async fn lead(shared: Arc<Shared>, leadership: Leadership) {
         blocked: Mutex::default(),
         shared: shared.clone(),
     });
+    tracing::info!(term = term_number, "leading");
     shared.readiness.leading.store(true, Ordering::Relaxed);
     shared.metrics.leader.set(1);
     let refresher = Refresher {
         registry: shared.registry.clone(),
         metrics: shared.metrics.clone(),
         events,
+        index: shared.index.clone(),
     };
     let view_rx = shared.view.clone();
     let mut tasks = vec![tokio::spawn(async move {
@@ -627,16 +695,18 @@ pub async fn lead(shared: Arc<Shared>, leadership: Leadership) {
     // Everything is looked at once now; what changed before is part of that.
     shared.index.take_dirty();
     term.enqueue_all();
-    loop {
+    let mut stop = std::pin::pin!(stop);
+    let end = loop {
         tokio::select! {
-            _ = leadership.lost() => break,
+            _ = &mut stop => break TermEnd::Stopped,
+            _ = leadership.lost(term_number) => break TermEnd::Lost,
             changed = view.changed() => {
-                if changed.is_err() { break }
+                if changed.is_err() { break TermEnd::Broken }
                 view.borrow_and_update();
                 term.enqueue_all();
             }
             changed = content.changed() => {
-                if changed.is_err() { break }
+                if changed.is_err() { break TermEnd::Broken }
                 let ok = content.borrow_and_update().is_some();
                 shared.readiness.content_ok.store(ok, Ordering::Relaxed);
                 term.enqueue_all();
@@ -647,7 +717,7 @@ pub async fn lead(shared: Arc<Shared>, leadership: Leadership) {
                 }
             }
         }
-    }
+    };
     for t in &tasks {
         t.abort();
     }
@@ -659,4 +729,6 @@ pub async fn lead(shared: Arc<Shared>, leadership: Leadership) {
     shared.metrics.leader.set(0);
     shared.readiness.leading.store(false, Ordering::Relaxed);
     shared.readiness.content_ok.store(false, Ordering::Relaxed);
+    tracing::info!(term = term_number, reason = ?end, "term ended");
+    end
 }

@@ -10,6 +10,7 @@
 //! after the passwords in the Secrets expire and retries get frequent as expiry nears; once they
 //! have expired, retries come every few seconds, so a recovered cloud is used at once.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +21,9 @@ use crate::config::{Config, Instance};
 use crate::config_source::ConfigView;
 use crate::credentials::cache::refresh_point;
 use crate::credentials::{CredentialError, Edition, Registry, UsableToken};
+use crate::index::SharedIndex;
 use crate::metrics::{InstanceCategoryLabels, InstanceLabel, Metrics};
-use crate::render::{self, Login, SecretContent};
+use crate::render::{self, INSTANCES, Login, SecretContent};
 
 use super::events::Events;
 
@@ -106,6 +108,16 @@ impl Slot {
         }
     }
 
+    /// A slot for `instance` that keeps what `old` (the same registry, configured differently:
+    /// other domains or credentials) obtained: its login stays good until it expires.
+    pub fn carried_over(instance: Instance, old: &Slot) -> Slot {
+        Slot {
+            token: old.token.clone(),
+            obtained_at: old.obtained_at,
+            ..Slot::new(instance)
+        }
+    }
+
     /// When the login must be fetched again under `threshold`.
     pub fn token_due(&self, threshold: Duration) -> Option<Timestamp> {
         match (&self.token, self.obtained_at) {
@@ -135,14 +147,43 @@ impl Slot {
     fn needs_domains(&self, now: Timestamp) -> bool {
         self.domains.is_none() || self.domains_due.is_some_and(|d| d <= now)
     }
+
+    /// Has a login and somewhere to write it.
+    fn ready(&self) -> bool {
+        self.token.is_some() && self.domains.as_ref().is_some_and(|d| !d.is_empty())
+    }
 }
 
-/// The content the slots give, when every instance has a login and at least one domain.
-pub fn content_of(slots: &[Slot]) -> Option<SecretContent> {
+/// The content every selected namespace's Secret should hold, for one configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Content {
+    pub secret: SecretContent,
+    /// The configured instances it was made for: a worker only writes it while the
+    /// configuration in force lists exactly these.
+    pub configured: Vec<Instance>,
+}
+
+/// The content the ready slots give. An instance without a login (its credentials fail) or
+/// without domains is left out, but only if `must_hold` (the instances the Secrets hold now)
+/// does not name it: no content ever drops a login the Secrets have. `None` when there is
+/// nothing to write, or when it would drop one.
+pub fn content_of(slots: &[Slot], must_hold: &BTreeSet<String>) -> Option<SecretContent> {
+    let ready: Vec<&Slot> = slots.iter().filter(|s| s.ready()).collect();
+    if ready.is_empty() {
+        return None;
+    }
+    let missing = slots
+        .iter()
+        .filter(|s| !s.ready())
+        .any(|s| must_hold.contains(&s.instance.label()));
+    if missing {
+        return None;
+    }
     let mut logins = Vec::new();
-    for s in slots {
-        let token = s.token.as_ref()?;
-        let domains = s.domains.as_ref().filter(|d| !d.is_empty())?;
+    for s in &ready {
+        let (Some(token), Some(domains)) = (&s.token, &s.domains) else {
+            continue;
+        };
         for d in domains {
             logins.push(Login {
                 domain: d,
@@ -151,18 +192,33 @@ pub fn content_of(slots: &[Slot]) -> Option<SecretContent> {
             });
         }
     }
-    if slots.is_empty() {
-        return None;
-    }
     Some(SecretContent {
         dockerconfigjson: render::dockerconfigjson(&logins),
-        expires_at: slots
+        expires_at: ready
             .iter()
             .filter_map(|s| s.token.as_ref().map(|t| t.usable_until))
             .min()
             .unwrap_or(Timestamp::MAX),
-        instances: slots.iter().map(|s| s.instance.label()).collect(),
+        instances: ready.iter().map(|s| s.instance.label()).collect(),
     })
+}
+
+/// The slots for a new list of instances: the same instance keeps its slot; the same registry
+/// configured differently keeps its login.
+pub fn reslot(old: Vec<Slot>, instances: &[Instance]) -> (Vec<Slot>, Vec<Slot>) {
+    let mut old = old;
+    let mut next = Vec::new();
+    for inst in instances {
+        let slot = match old.iter().position(|s| s.instance == *inst) {
+            Some(i) => old.swap_remove(i),
+            None => match old.iter().position(|s| s.instance.label() == inst.label()) {
+                Some(i) => Slot::carried_over(inst.clone(), &old.swap_remove(i)),
+                None => Slot::new(inst.clone()),
+            },
+        };
+        next.push(slot);
+    }
+    (next, old)
 }
 
 /// Keeps the published content fresh for the configuration in force.
@@ -170,9 +226,20 @@ pub struct Refresher {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub events: Events,
+    pub index: Arc<SharedIndex>,
 }
 
 impl Refresher {
+    fn failed(&self, slot: &Slot, e: &RefreshError) {
+        self.metrics
+            .credential_errors
+            .get_or_create(&InstanceCategoryLabels {
+                instance: slot.instance.label(),
+                category: e.category().to_owned(),
+            })
+            .inc();
+    }
+
     async fn fetch(&self, slot: &mut Slot, now: Timestamp) -> Result<(), RefreshError> {
         let inst = slot.instance.clone();
         let err = |source| RefreshError::Credentials {
@@ -180,25 +247,41 @@ impl Refresher {
             source,
         };
         if slot.needs_domains(now) {
-            let domains = match &inst.edition {
-                _ if !inst.domains.is_empty() => inst.domains.clone(),
-                Edition::Personal => render::personal_domains(&inst.region),
+            let listed = match &inst.edition {
+                _ if !inst.domains.is_empty() => Ok(inst.domains.clone()),
+                Edition::Personal => Ok(render::personal_domains(&inst.region)),
                 Edition::Enterprise { instance_id } => self
                     .registry
                     .enterprise_domains(&inst.auth, &inst.region, instance_id)
                     .await
-                    .map_err(err)?,
+                    .map_err(err),
             };
-            if domains.is_empty() {
-                return Err(RefreshError::NoDomains {
-                    instance: inst.label(),
-                });
-            }
-            slot.domains = Some(domains);
+            let listed = listed.and_then(|d| {
+                if d.is_empty() {
+                    Err(RefreshError::NoDomains {
+                        instance: inst.label(),
+                    })
+                } else {
+                    Ok(d)
+                }
+            });
             // Listed domains are listed again now and then; configured ones never change.
-            let listed =
+            let relisted =
                 matches!(inst.edition, Edition::Enterprise { .. }) && inst.domains.is_empty();
-            slot.domains_due = listed.then(|| now + DOMAINS_TTL);
+            match listed {
+                Ok(d) => {
+                    slot.domains = Some(d);
+                    slot.domains_due = relisted.then(|| now + DOMAINS_TTL);
+                }
+                // Listing again failed: the domains known stay, and the login is still
+                // refreshed; the listing is tried again in a minute.
+                Err(e) if slot.domains.is_some() => {
+                    tracing::warn!(error = %e, "could not list the instance's domains again; keeping the known ones");
+                    self.failed(slot, &e);
+                    slot.domains_due = Some(now + SignedDuration::from_mins(1));
+                }
+                Err(e) => return Err(e),
+            }
         }
         let threshold = self.registry.chain().threshold();
         if slot.token_due(threshold).is_none_or(|t| t <= now) {
@@ -219,64 +302,72 @@ impl Refresher {
         Ok(())
     }
 
+    /// The configured instances whose logins the Secrets in the cluster hold now.
+    fn held(&self, configured: &[Instance]) -> BTreeSet<String> {
+        let labels: BTreeSet<String> = configured.iter().map(Instance::label).collect();
+        let index = self.index.read();
+        let mut held = BTreeSet::new();
+        for (_, ns) in index.namespaces() {
+            let Some(s) = ns.secret.as_ref().filter(|s| s.managed) else {
+                continue;
+            };
+            if let Some(list) = s.annotations.get(INSTANCES) {
+                held.extend(
+                    list.split(',')
+                        .filter(|l| labels.contains(*l))
+                        .map(str::to_owned),
+                );
+            }
+        }
+        held
+    }
+
     /// Runs until the task is dropped: follows the configuration in force, fetches what is due,
     /// and publishes the content on `content`.
     pub async fn run(
         &self,
         mut view: watch::Receiver<Arc<ConfigView>>,
-        content: watch::Sender<Option<Arc<SecretContent>>>,
+        content: watch::Sender<Option<Arc<Content>>>,
     ) {
         let mut slots: Vec<Slot> = Vec::new();
         let mut config: Option<Arc<Config>> = None;
         loop {
             let current = view.borrow_and_update().clone();
             let cm_ref = current.configmap.clone();
-            if let Some(cfg) = current.config()
-                && config.as_ref() != Some(cfg)
-            {
-                self.registry.chain().set_threshold(cfg.expiring_threshold);
-                let mut next = Vec::new();
-                for inst in &cfg.instances {
-                    let kept = slots
-                        .iter()
-                        .position(|s| s.instance == *inst)
-                        .map(|i| slots.swap_remove(i));
-                    next.push(kept.unwrap_or_else(|| Slot::new(inst.clone())));
-                }
-                for gone in &slots {
-                    self.metrics.token_expiry.remove(&InstanceLabel {
-                        instance: gone.instance.label(),
-                    });
-                }
-                let keep: Vec<_> = cfg.instances.iter().map(Instance::instance_ref).collect();
-                self.registry.retain(|r| keep.contains(r));
-                slots = next;
-                config = Some(cfg.clone());
-                // Content of other instances is no content for these.
-                content.send_if_modified(|c| {
-                    let stale = c.as_ref().is_some_and(|c| {
-                        c.instances
-                            != cfg
-                                .instances
-                                .iter()
-                                .map(Instance::label)
-                                .collect::<Vec<_>>()
-                    });
-                    if stale {
-                        *c = None;
+            match current.config() {
+                // Nothing in force (missing, being cleaned up): no cloud calls, no content.
+                None => {
+                    if config.take().is_some() {
+                        slots.clear();
+                        self.metrics.token_expiry.clear();
+                        content.send_replace(None);
                     }
-                    stale
-                });
-            }
-            let Some(cfg) = config.clone() else {
-                if view.changed().await.is_err() {
-                    return;
+                    if view.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
                 }
-                continue;
-            };
+                Some(cfg) if config.as_ref() != Some(cfg) => {
+                    self.registry.chain().set_threshold(cfg.expiring_threshold);
+                    let (next, gone) = reslot(std::mem::take(&mut slots), &cfg.instances);
+                    for g in gone.iter().filter(|g| {
+                        !next
+                            .iter()
+                            .any(|n| n.instance.label() == g.instance.label())
+                    }) {
+                        self.metrics.token_expiry.remove(&InstanceLabel {
+                            instance: g.instance.label(),
+                        });
+                    }
+                    slots = next;
+                    config = Some(cfg.clone());
+                }
+                Some(_) => {}
+            }
+            let Some(cfg) = config.clone() else { continue };
             let threshold = cfg.expiring_threshold;
             let now = Timestamp::now();
-            let valid_until = content.borrow().as_ref().map(|c| c.expires_at);
+            let valid_until = content.borrow().as_ref().map(|c| c.secret.expires_at);
             let due: Vec<usize> = (0..slots.len())
                 .filter(|i| slots[*i].due(now, threshold))
                 .collect();
@@ -311,13 +402,7 @@ impl Refresher {
                                 SignedDuration::try_from(delay).unwrap_or(SignedDuration::ZERO),
                             )
                             .ok();
-                        self.metrics
-                            .credential_errors
-                            .get_or_create(&InstanceCategoryLabels {
-                                instance: slot.instance.label(),
-                                category: e.category().to_owned(),
-                            })
-                            .inc();
+                        self.failed(&slot, &e);
                         tracing::warn!(error = %e, category = e.category(), failures = slot.failures, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), valid_until = ?valid_until, "could not refresh credentials");
                         if slot.failures == 1
                             && let Some(r) = &cm_ref
@@ -342,13 +427,22 @@ impl Refresher {
                 }
                 slots[i] = slot;
             }
-            if let Some(c) = content_of(&slots) {
+            let must_hold = if slots.iter().all(Slot::ready) {
+                BTreeSet::new()
+            } else {
+                self.held(&cfg.instances)
+            };
+            if let Some(c) = content_of(&slots, &must_hold) {
+                let next = Content {
+                    secret: c,
+                    configured: cfg.instances.clone(),
+                };
                 content.send_if_modified(|old| {
-                    if old.as_deref() == Some(&c) {
+                    if old.as_deref() == Some(&next) {
                         return false;
                     }
-                    tracing::info!(expires_at = %c.expires_at, instances = ?c.instances, "new Secret content");
-                    *old = Some(Arc::new(c));
+                    tracing::info!(expires_at = %next.secret.expires_at, instances = ?next.secret.instances, "new Secret content");
+                    *old = Some(Arc::new(next));
                     true
                 });
             }
@@ -478,26 +572,58 @@ mod tests {
     }
 
     #[test]
-    fn content_needs_every_instance_with_a_domain() {
+    fn content_leaves_out_an_instance_without_a_login_only_if_the_secrets_lack_it_too() {
         let a = slot(3600, "2026-11-24T10:00:00Z");
         let mut b = slot(1800, "2026-11-24T10:00:00Z");
         b.instance.edition = Edition::Enterprise {
             instance_id: "cri-b".into(),
         };
         b.domains = Some(vec!["b.example.com".into()]);
-        let c = content_of(&[a.clone(), b.clone()]).unwrap_or_else(|| panic!("no content"));
+        let none = BTreeSet::new();
+        let c = content_of(&[a.clone(), b.clone()], &none).unwrap_or_else(|| panic!("no content"));
         assert_eq!(c.instances, vec!["cri-a", "cri-b"]);
         assert_eq!(c.expires_at, ts("2026-11-24T10:30:00Z"));
         let doc: serde_json::Value =
             serde_json::from_slice(&c.dockerconfigjson).unwrap_or_default();
         assert_eq!(doc["auths"].as_object().map(|m| m.len()), Some(2));
-        // One instance without a login, or without any domain: no content at all.
+        // A new instance whose credentials fail: the others' logins are still written...
         let mut no_token = b.clone();
         no_token.token = None;
-        assert!(content_of(&[a.clone(), no_token]).is_none());
+        let only_a = content_of(&[a.clone(), no_token.clone()], &none)
+            .unwrap_or_else(|| panic!("no content"));
+        assert_eq!(only_a.instances, vec!["cri-a"]);
+        // ...but never instead of a login the Secrets hold.
+        let held: BTreeSet<String> = ["cri-b".to_owned()].into();
+        assert!(content_of(&[a.clone(), no_token], &held).is_none());
+        // No domain is no login either.
         let mut no_domain = b;
         no_domain.domains = Some(vec![]);
-        assert!(content_of(&[a, no_domain]).is_none());
-        assert!(content_of(&[]).is_none());
+        assert!(content_of(&[a.clone(), no_domain.clone()], &held).is_none());
+        assert_eq!(
+            content_of(&[a, no_domain], &none).map(|c| c.instances),
+            Some(vec!["cri-a".to_owned()])
+        );
+        assert!(content_of(&[], &none).is_none());
+    }
+
+    #[test]
+    fn a_reconfigured_registry_keeps_its_login_until_a_new_one_comes() {
+        let a = slot(3600, "2026-11-24T10:00:00Z");
+        let mut changed = a.instance.clone();
+        changed.domains = vec!["custom.example.com".into()];
+        let other = Instance {
+            edition: Edition::Personal,
+            ..a.instance.clone()
+        };
+        let (next, gone) = reslot(vec![a.clone()], &[changed.clone(), other]);
+        assert!(gone.is_empty());
+        assert_eq!(next[0].instance, changed);
+        assert!(next[0].token.is_some(), "the login carries over");
+        assert!(next[0].domains.is_none(), "the domains are derived again");
+        assert!(next[1].token.is_none());
+        let (next, gone) = reslot(vec![a.clone()], std::slice::from_ref(&a.instance));
+        assert!(gone.is_empty() && next[0].domains.is_some());
+        let (next, gone) = reslot(vec![a], &[]);
+        assert!(next.is_empty() && gone.len() == 1);
     }
 }

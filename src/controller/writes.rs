@@ -1,6 +1,6 @@
 //! Writes to the API server: idempotent, conflict-safe (every write carries a resourceVersion or
 //! uid precondition; a 409 makes it read the object again and decide again), never sent when
-//! nothing would change, and never sent by a replica that is not (or no longer) the leader.
+//! nothing would change, and never sent outside the leadership term they belong to.
 //! Each returns what the server answered, so the index learns of our own writes at once and
 //! their watch events make no work.
 
@@ -12,8 +12,9 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Client};
 use serde_json::json;
 
-use super::Error;
+use super::{Error, kube_error};
 use crate::index::{SaState, SecretState};
+use crate::kube_errors::{is_conflict, is_not_found};
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::render::{
@@ -27,49 +28,25 @@ pub const FIELD_MANAGER: &str = "aliyun-acr-credential-helper";
 /// Attempts before a write that keeps conflicting is given up (and retried later).
 const MAX_CONFLICTS: usize = 5;
 
-fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409)
+fn object(ns: &str, name: &str) -> String {
+    format!("{ns}/{name}")
 }
 
-fn is_not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
-}
-
-fn kube_err(
-    action: &'static str,
-    kind: &'static str,
-    ns: &str,
-    name: &str,
-    e: kube::Error,
-) -> Error {
-    Error::Kube {
-        action,
-        kind,
-        object: format!("{ns}/{name}"),
-        source: Box::new(e),
-    }
-}
-
-/// What a write to the Secret did.
-#[derive(Debug)]
-pub enum SecretWrite {
-    Unchanged,
-    Written(Box<Secret>),
-}
-
-/// Writes to the cluster on behalf of the leader.
+/// Writes to the cluster on behalf of the leader, in one leadership term.
 #[derive(Clone)]
 pub struct Writer {
     client: Client,
     leadership: Leadership,
+    term: u64,
     metrics: Arc<Metrics>,
 }
 
 impl Writer {
-    pub fn new(client: Client, leadership: Leadership, metrics: Arc<Metrics>) -> Writer {
+    pub fn new(client: Client, leadership: Leadership, term: u64, metrics: Arc<Metrics>) -> Writer {
         Writer {
             client,
             leadership,
+            term,
             metrics,
         }
     }
@@ -78,49 +55,62 @@ impl Writer {
         &self.client
     }
 
-    pub fn leadership(&self) -> &Leadership {
-        &self.leadership
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
-    /// Every write asks first: a replica whose leadership ran out writes nothing.
-    fn guard(&self) -> Result<(), Error> {
-        if self.leadership.is_leader() {
-            Ok(())
-        } else {
-            Err(Error::NotLeader)
-        }
+    /// Whether this writer's term goes on.
+    pub fn may_write(&self) -> bool {
+        self.leadership.leads_in(self.term)
     }
 
-    fn post() -> PostParams {
+    /// Sends a write if this writer's term goes on, and stops waiting for the answer when the
+    /// term runs out. Every write of the controller goes through here.
+    pub async fn write<T>(
+        &self,
+        request: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<Result<T, kube::Error>, Error> {
+        let left = self
+            .leadership
+            .remaining_in(self.term)
+            .ok_or(Error::NotLeader)?;
+        tokio::time::timeout(left, request)
+            .await
+            .map_err(|_| Error::NotLeader)
+    }
+
+    pub fn post() -> PostParams {
         PostParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..PostParams::default()
         }
     }
 
-    fn patch_params() -> PatchParams {
+    pub fn patch_params() -> PatchParams {
         PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..PatchParams::default()
         }
     }
 
-    /// Makes Secret `ns/name` hold `content`, starting from what the index knows of it.
+    /// Makes Secret `ns/name` hold `content`, starting from what the index knows of it. Returns
+    /// the Secret as the server holds it.
     pub async fn ensure_secret(
         &self,
         ns: &str,
         name: &str,
         content: &SecretContent,
         known: Option<&SecretState>,
-    ) -> Result<SecretWrite, Error> {
+    ) -> Result<Secret, Error> {
         let api = Api::<Secret>::namespaced(self.client.clone(), ns);
         let mut current: Option<(String, bool)> =
             known.map(|s| (s.resource_version.clone(), s.managed));
         for _ in 0..MAX_CONFLICTS {
-            self.guard()?;
             let result = match &current {
                 None => {
-                    let created = api.create(&Self::post(), &content.secret(name, ns)).await;
+                    let created = self
+                        .write(api.create(&Self::post(), &content.secret(name, ns)))
+                        .await?;
                     if created.is_ok() {
                         self.metrics.write("secret_create");
                         tracing::info!(namespace = ns, secret = name, expires_at = %content.expires_at, "created pull Secret");
@@ -129,7 +119,7 @@ impl Writer {
                 }
                 Some((_, false)) => {
                     return Err(Error::ForeignSecret {
-                        object: format!("{ns}/{name}"),
+                        object: object(ns, name),
                     });
                 }
                 Some((rv, true)) => {
@@ -145,9 +135,9 @@ impl Writer {
                         },
                         "data": {"$patch": "replace", DOCKER_CONFIG_KEY: data},
                     });
-                    let patched = api
-                        .patch(name, &Self::patch_params(), &Patch::Strategic(&patch))
-                        .await;
+                    let patched = self
+                        .write(api.patch(name, &Self::patch_params(), &Patch::Strategic(&patch)))
+                        .await?;
                     if patched.is_ok() {
                         self.metrics.write("secret_update");
                         tracing::info!(namespace = ns, secret = name, expires_at = %content.expires_at, "updated pull Secret");
@@ -156,16 +146,16 @@ impl Writer {
                 }
             };
             match result {
-                Ok(s) => return Ok(SecretWrite::Written(Box::new(s))),
+                Ok(s) => return Ok(s),
                 // Someone changed, created or deleted it meanwhile: read again, decide again.
                 Err(e) if is_conflict(&e) || is_not_found(&e) => {
                     let fresh = api
                         .get_opt(name)
                         .await
-                        .map_err(|e| kube_err("get", "Secret", ns, name, e))?;
+                        .map_err(|e| kube_error("get", "Secret", &object(ns, name), &e))?;
                     match fresh {
                         Some(s) if is_managed(&s.metadata) && content.matches(&s) => {
-                            return Ok(SecretWrite::Written(Box::new(s)));
+                            return Ok(s);
                         }
                         Some(s) => {
                             let managed = is_managed(&s.metadata);
@@ -175,7 +165,7 @@ impl Writer {
                         None => current = None,
                     }
                 }
-                Err(e) => return Err(kube_err("write", "Secret", ns, name, e)),
+                Err(e) => return Err(kube_error("write", "Secret", &object(ns, name), &e)),
             }
         }
         Err(Error::Conflicts {
@@ -204,16 +194,15 @@ impl Writer {
             let Some(next) = desired_pull_secrets(&refs, secret_name, want) else {
                 return Ok(None);
             };
-            self.guard()?;
             let patch = json!({
                 // A precondition: the server refuses (409) if the object changed since we read it.
                 "metadata": {"resourceVersion": rv},
                 "imagePullSecrets": if next.is_empty() { serde_json::Value::Null } else { json!(next) },
             });
-            match api
-                .patch(name, &Self::patch_params(), &Patch::Merge(&patch))
-                .await
-            {
+            let sent = self
+                .write(api.patch(name, &Self::patch_params(), &Patch::Merge(&patch)))
+                .await?;
+            match sent {
                 Ok(sa) => {
                     self.metrics.write(if want {
                         "sa_add_reference"
@@ -232,10 +221,14 @@ impl Writer {
                         }
                     }
                     Ok(None) => return Ok(None),
-                    Err(e) => return Err(kube_err("get", "ServiceAccount", ns, name, e)),
+                    Err(e) => {
+                        return Err(kube_error("get", "ServiceAccount", &object(ns, name), &e));
+                    }
                 },
                 Err(e) if is_not_found(&e) => return Ok(None),
-                Err(e) => return Err(kube_err("patch", "ServiceAccount", ns, name, e)),
+                Err(e) => {
+                    return Err(kube_error("patch", "ServiceAccount", &object(ns, name), &e));
+                }
             }
         }
         Err(Error::Conflicts {
@@ -245,7 +238,6 @@ impl Writer {
 
     /// Deletes Secret `ns/name` if it still is the object `uid`. Returns whether it deleted.
     pub async fn delete_secret(&self, ns: &str, name: &str, uid: &str) -> Result<bool, Error> {
-        self.guard()?;
         let api = Api::<Secret>::namespaced(self.client.clone(), ns);
         let dp = DeleteParams {
             preconditions: Some(Preconditions {
@@ -254,14 +246,14 @@ impl Writer {
             }),
             ..DeleteParams::default()
         };
-        match api.delete(name, &dp).await {
+        match self.write(api.delete(name, &dp)).await? {
             Ok(_) => {
                 self.metrics.write("secret_delete");
-                tracing::info!(namespace = %ns, secret = %name, "deleted pull Secret");
+                tracing::info!(namespace = %ns, secret = %name, "deleted Secret");
                 Ok(true)
             }
             Err(e) if is_not_found(&e) || is_conflict(&e) => Ok(false),
-            Err(e) => Err(kube_err("delete", "Secret", ns, name, e)),
+            Err(e) => Err(kube_error("delete", "Secret", &object(ns, name), &e)),
         }
     }
 }

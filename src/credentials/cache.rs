@@ -47,9 +47,10 @@ pub struct Cache<K, V, E> {
 }
 
 impl<K, V, E> Default for Cache<K, V, E> {
-    /// A short failure backoff: it only makes callers that queue behind a failing fetch share its
-    /// error. When to try again is the caller's decision (the controller's refresher caps its
-    /// retries by the time the current password has left).
+    /// A short failure backoff: it only makes callers that queue behind a failing fetch (several
+    /// instances sharing one identity, fetched at once) share its error. When to try again is the
+    /// caller's decision: the controller's refresher caps its retries by the time the current
+    /// passwords have left, which a long backoff here would defeat.
     fn default() -> Self {
         Cache::with_failure_backoff(Duration::from_millis(250), Duration::from_secs(1))
     }
@@ -121,14 +122,6 @@ impl<K: Hash + Eq + Clone, V: Clone, E: Clone> Cache<K, V, E> {
                 Err(e)
             }
         }
-    }
-
-    /// Forgets every entry whose key does not satisfy `keep`.
-    pub fn retain(&self, mut keep: impl FnMut(&K) -> bool) {
-        self.slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|k, _| keep(k));
     }
 
     /// Forgets the entry of `key`, so the next call fetches.

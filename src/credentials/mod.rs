@@ -470,11 +470,6 @@ impl Registry {
             .await?;
         Ok(crate::aliyun::cr::enabled_domains(&eps))
     }
-
-    /// Drops cached tokens of instances no longer configured.
-    pub fn retain(&self, keep: impl Fn(&InstanceRef) -> bool) {
-        self.tokens.retain(|k| keep(k));
-    }
 }
 
 #[cfg(test)]

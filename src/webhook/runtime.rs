@@ -2,7 +2,6 @@
 //! index and its own watch of the TLS Secret; the leader keeps the certificate Secret and the
 //! MutatingWebhookConfiguration in line with the configuration.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,23 +9,17 @@ use axum::Json;
 use axum::extract::State;
 use axum::routing::post;
 use futures::StreamExt;
-use jiff::Timestamp;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use kube::core::admission::AdmissionReview;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
 
-use super::certs::{self, Bundle};
+use super::certs::Bundle;
 use super::server::ReloadingCert;
-use crate::config;
 use crate::config_source::ConfigView;
 use crate::index::SharedIndex;
-use crate::leader::Leadership;
-use crate::render::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
 /// Where and how the webhook is served and registered.
 #[derive(Debug, Clone)]
@@ -48,7 +41,8 @@ pub struct WebhookSettings {
 pub const WEBHOOK_NAME: &str = "serviceaccounts.aliyun-acr-credential-helper.io";
 
 impl WebhookSettings {
-    fn sans(&self, namespace: &str) -> Vec<String> {
+    /// The names the serving certificate must hold.
+    pub fn sans(&self, namespace: &str) -> Vec<String> {
         let s = &self.service;
         let mut sans = vec![
             format!("{s}.{namespace}.svc"),
@@ -137,183 +131,4 @@ pub async fn serve(
     .await;
     tls_task.abort();
     result
-}
-
-/// Why the webhook could not be registered.
-#[derive(Debug, thiserror::Error)]
-pub enum RegisterError {
-    #[error(transparent)]
-    Kube(#[from] kube::Error),
-    #[error(transparent)]
-    Certificate(#[from] certs::CertError),
-    #[error("this replica is not the leader (any more); it writes nothing")]
-    NotLeader,
-}
-
-fn guard(leadership: &Leadership) -> Result<(), RegisterError> {
-    if leadership.is_leader() {
-        Ok(())
-    } else {
-        Err(RegisterError::NotLeader)
-    }
-}
-
-/// Leader duty: the certificate Secret exists and is fresh, and the MutatingWebhookConfiguration
-/// matches `webhook` (deleted when disabled). Writes only what differs.
-pub async fn reconcile(
-    client: &Client,
-    leadership: &Leadership,
-    settings: &WebhookSettings,
-    namespace: &str,
-    webhook: &config::WebhookConfig,
-) -> Result<(), RegisterError> {
-    let mwcs = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    if !webhook.enable {
-        if mwcs.get_opt(&settings.configuration_name).await?.is_some() {
-            guard(leadership)?;
-            mwcs.delete(&settings.configuration_name, &DeleteParams::default())
-                .await?;
-            tracing::info!(name = %settings.configuration_name, "webhook disabled: removed its MutatingWebhookConfiguration");
-        }
-        return Ok(());
-    }
-    let bundle = ensure_certificate(client, leadership, settings, namespace).await?;
-    let desired = webhook_configuration(settings, namespace, webhook, &bundle.ca_cert);
-    let current = mwcs.get_opt(&settings.configuration_name).await?;
-    if current.as_ref().map(|c| &c.webhooks) == Some(&desired.webhooks) {
-        return Ok(());
-    }
-    guard(leadership)?;
-    let pp = PatchParams::apply(crate::controller::writes::FIELD_MANAGER).force();
-    mwcs.patch(&settings.configuration_name, &pp, &Patch::Apply(&desired))
-        .await?;
-    tracing::info!(name = %settings.configuration_name, failure_policy = webhook.failure_policy.as_str(), timeout_s = webhook.timeout_seconds, "webhook registered");
-    Ok(())
-}
-
-async fn ensure_certificate(
-    client: &Client,
-    leadership: &Leadership,
-    settings: &WebhookSettings,
-    namespace: &str,
-) -> Result<Bundle, RegisterError> {
-    let api = Api::<Secret>::namespaced(client.clone(), namespace);
-    let sans = settings.sans(namespace);
-    let sans_text = sans.join(",");
-    let now = Timestamp::now();
-    let existing = api.get_opt(&settings.tls_secret).await?;
-    let old = existing.as_ref().and_then(Bundle::from_secret);
-    let same_sans = existing
-        .as_ref()
-        .and_then(|s| s.metadata.annotations.as_ref())
-        .and_then(|a| a.get(SANS_ANNOTATION))
-        .is_some_and(|s| *s == sans_text);
-    if let Some(b) = &old
-        && same_sans
-        && !certs::needs_renewal(b, now)
-    {
-        return Ok(b.clone());
-    }
-    let issued = match &old {
-        Some(b) => certs::renew(b, &sans, now),
-        None => certs::generate(&sans, now),
-    }?;
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(settings.tls_secret.clone()),
-            namespace: Some(namespace.to_owned()),
-            labels: Some(BTreeMap::from([(
-                MANAGED_BY_LABEL.to_owned(),
-                MANAGED_BY_VALUE.to_owned(),
-            )])),
-            annotations: Some(BTreeMap::from([
-                (
-                    certs::EXPIRES_ANNOTATION.to_owned(),
-                    issued.expires_at.to_string(),
-                ),
-                (SANS_ANNOTATION.to_owned(), sans_text),
-            ])),
-            resource_version: existing
-                .as_ref()
-                .and_then(|s| s.metadata.resource_version.clone()),
-            ..Default::default()
-        },
-        type_: Some("kubernetes.io/tls".to_owned()),
-        data: Some(issued.data()),
-        ..Default::default()
-    };
-    guard(leadership)?;
-    match existing {
-        None => api.create(&PostParams::default(), &secret).await?,
-        Some(_) => {
-            api.replace(&settings.tls_secret, &PostParams::default(), &secret)
-                .await?
-        }
-    };
-    tracing::info!(secret = %settings.tls_secret, expires_at = %issued.expires_at, renewed = old.is_some(), "webhook certificate issued");
-    Ok(issued)
-}
-
-const SANS_ANNOTATION: &str = "aliyun-acr-credential-helper/webhook-cert-sans";
-
-fn webhook_configuration(
-    settings: &WebhookSettings,
-    namespace: &str,
-    webhook: &config::WebhookConfig,
-    ca_cert: &str,
-) -> MutatingWebhookConfiguration {
-    let client_config = match &settings.url {
-        Some(url) => serde_json::json!({"url": url, "caBundle": base64_encode(ca_cert)}),
-        None => serde_json::json!({
-            "service": {"name": settings.service, "namespace": namespace, "path": "/mutate", "port": settings.service_port},
-            "caBundle": base64_encode(ca_cert),
-        }),
-    };
-    let value = serde_json::json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {
-            "name": settings.configuration_name,
-            "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE},
-        },
-        "webhooks": [{
-            "name": WEBHOOK_NAME,
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": webhook.failure_policy.as_str(),
-            "timeoutSeconds": webhook.timeout_seconds,
-            "matchPolicy": "Equivalent",
-            "reinvocationPolicy": "Never",
-            // Never the controller's own namespace: with `failure-policy: Fail` an unreachable
-            // webhook could otherwise block the ServiceAccounts of its own pods.
-            "namespaceSelector": {"matchExpressions": [{
-                "key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [namespace],
-            }]},
-            "objectSelector": {},
-            "rules": [{
-                "apiGroups": [""],
-                "apiVersions": ["v1"],
-                "operations": ["CREATE"],
-                "resources": ["serviceaccounts"],
-                "scope": "Namespaced",
-            }],
-            "clientConfig": client_config,
-        }],
-    });
-    serde_json::from_value(value).unwrap_or_default()
-}
-
-fn base64_encode(s: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-/// Removes the MutatingWebhookConfiguration (uninstall).
-pub async fn remove(client: &Client, name: &str) -> Result<bool, kube::Error> {
-    let api = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
-        Err(e) => Err(e),
-    }
 }

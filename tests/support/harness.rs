@@ -420,6 +420,33 @@ impl Harness {
             .collect()
     }
 
+    /// When the API server accepted each Lease update `replica` made (renewals and takeovers).
+    pub fn lease_updates(&self, replica: &str) -> Vec<jiff::Timestamp> {
+        let path = control_plane()
+            .audit_log
+            .clone()
+            .unwrap_or_else(|| panic!("needs the audit log of our control plane"));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let agent = format!("({replica})");
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["user"]["username"] == self.identity.as_str())
+            .filter(|e| {
+                e["userAgent"]
+                    .as_str()
+                    .is_some_and(|ua| ua.ends_with(&agent))
+            })
+            .filter(|e| e["objectRef"]["resource"] == "leases")
+            .filter(|e| matches!(e["verb"].as_str(), Some("update" | "create")))
+            .filter(|e| {
+                e["responseStatus"]["code"]
+                    .as_u64()
+                    .is_some_and(|c| c < 300)
+            })
+            .filter_map(|e| e["stageTimestamp"].as_str().and_then(|t| t.parse().ok()))
+            .collect()
+    }
+
     /// Warning Events recorded on the ConfigMap.
     pub async fn config_warnings(&self) -> Vec<String> {
         let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(
