@@ -262,6 +262,7 @@ async fn run(args: Args) -> Result<(), AppError> {
         secret_name: args.kube.secret_name.clone(),
         last_config_secret: args.kube.last_config_secret.clone(),
         workers: usize::from(args.run.workers),
+        refresh_rate: args.run.refresh_rate,
     };
 
     // Every replica: the index, the configuration in force, the webhook, probes and metrics.

@@ -245,6 +245,12 @@ pub struct RunArgs {
     #[arg(long, global = true, env = "ACR_HELPER_LEASE_RETRY_PERIOD", default_value = "2s", value_parser = crate::duration::parse_duration)]
     pub lease_retry_period: Duration,
 
+    /// Pull Secrets written per second when passwords are refreshed: a refresh of N Secrets is
+    /// fetched N/rate seconds ahead of its refresh point (at most 5 minutes, and a third of
+    /// `expiring-threshold`) and written as a steady stream over that window.
+    #[arg(long, global = true, env = "ACR_HELPER_REFRESH_RATE", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub refresh_rate: u32,
+
     /// Namespaces the leader reconciles at once.
     #[arg(long, global = true, env = "ACR_HELPER_WORKERS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,

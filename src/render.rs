@@ -50,6 +50,27 @@ pub fn dockerconfigjson(logins: &[Login<'_>]) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({ "auths": auths })).unwrap_or_default()
 }
 
+/// The logins a `.dockerconfigjson` holds: domain -> (username, password). `None` when it is not
+/// one (passwords stay wrapped; nothing is logged).
+pub fn parse_logins(doc: &[u8]) -> Option<BTreeMap<String, (String, SecretString)>> {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        auths: BTreeMap<String, Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        username: String,
+        password: SecretString,
+    }
+    let doc: Doc = serde_json::from_slice(doc).ok()?;
+    Some(
+        doc.auths
+            .into_iter()
+            .map(|(d, e)| (d, (e.username, e.password)))
+            .collect(),
+    )
+}
+
 /// The Personal Edition's registry domains in a region.
 pub fn personal_domains(region: &str) -> Vec<String> {
     vec![
@@ -327,6 +348,22 @@ mod tests {
         )]));
         assert!(!content.matches(&other_data));
         assert!(!format!("{content:?}").contains("pw"));
+    }
+
+    #[test]
+    fn logins_read_back_what_was_rendered() {
+        let pw = SecretString::from("p@ss:word");
+        let doc = dockerconfigjson(&[Login {
+            domain: "a.example.com",
+            username: "u",
+            password: &pw,
+        }]);
+        let logins = parse_logins(&doc).unwrap_or_default();
+        assert_eq!(logins.len(), 1);
+        let (user, pass) = &logins["a.example.com"];
+        assert_eq!((user.as_str(), pass.expose_secret()), ("u", "p@ss:word"));
+        assert!(parse_logins(b"{}").is_none());
+        assert!(parse_logins(b"not json").is_none());
     }
 
     #[test]

@@ -925,3 +925,78 @@ async fn expiry_metrics_follow_the_configured_instances() {
     .await;
     assert!(c.metric(&series(INSTANCE_ID)).await.is_some());
 }
+
+#[tokio::test]
+async fn a_restart_with_fresh_secrets_in_place_writes_nothing() {
+    let h = Harness::new("adopt", &default_config(), "cluster-admin").await;
+    let mut spaces = Vec::new();
+    for _ in 0..3 {
+        let ns = TestNamespace::create(&h.client, "adopt-ws").await;
+        create_sa(&h.client, &ns.name, "app", &["theirs"]).await;
+        spaces.push(ns);
+    }
+    let late = format!("adopt-late-{:08x}", rand::random::<u32>());
+    let mut list: Vec<&str> = spaces.iter().map(|n| n.name.as_str()).collect();
+    list.push(&late);
+    let list = list.join(",");
+    let mut first = h.start_as("first", &["--token-mode", "workerRole"]);
+    h.apply_config(&[
+        ("watch-namespace", list.as_str()),
+        ("service-account", "*"),
+        ("acr-registry-info", ENTERPRISE),
+    ])
+    .await;
+    for ns in &spaces {
+        h.wait_reference(&ns.name, "app", true).await;
+        h.wait_reference(&ns.name, "default", true).await;
+    }
+    wait_until(
+        Duration::from_secs(20),
+        "the persisted configuration",
+        || async {
+            h.secrets(&h.config_ns.name)
+                .get_opt("aliyun-acr-credential-helper-last-config")
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+        },
+    )
+    .await;
+    let password =
+        h.wait_secret(&spaces[0].name).await["auths"][ENTERPRISE_DOMAINS[0]]["password"].clone();
+    first.kill();
+
+    // The new process takes over the passwords in place: no cloud token call, no write.
+    let tokens_before = h.fake.calls("GetAuthorizationToken").await;
+    let second = h.start_as("second", &["--token-mode", "workerRole"]);
+    wait_until(
+        Duration::from_secs(30),
+        "the new process to lead",
+        || async { second.metric("acr_helper_leader").await == Some(1.0) },
+    )
+    .await;
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < until {
+        let writes: Vec<_> = h
+            .audited_product_writes()
+            .into_iter()
+            .filter(|w| w.replica == "second")
+            .collect();
+        assert!(
+            writes.is_empty(),
+            "a restart rewrote what was fresh: {writes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        h.fake.calls("GetAuthorizationToken").await,
+        tokens_before,
+        "a new password was fetched"
+    );
+    // And it serves with them: a namespace that appears now gets the same, still valid, password.
+    let _late = TestNamespace::create_named(&h.client, &late).await;
+    let doc = h.wait_secret(&late).await;
+    assert_eq!(doc["auths"][ENTERPRISE_DOMAINS[0]]["password"], password);
+    assert_logins_valid(&h, &doc).await;
+}

@@ -17,6 +17,7 @@ pub mod events;
 pub mod queue;
 pub mod refresher;
 pub mod registration;
+pub mod spread;
 pub mod writes;
 
 use std::collections::{HashMap, HashSet};
@@ -126,6 +127,9 @@ pub struct Settings {
     pub last_config_secret: String,
     /// Namespaces reconciled at once.
     pub workers: usize,
+    /// Secrets written per second during a refresh (spread over a window before the refresh
+    /// point).
+    pub refresh_rate: u32,
 }
 
 /// Readiness, as `/readyz` reports it.
@@ -234,6 +238,41 @@ impl Term {
         let state = index.namespace(ns)?;
         let plan = plan_namespace(ns, state, cfg, &self.shared.settings.secret_name, desired);
         Some((plan, state.clone(), content))
+    }
+
+    /// Queues every namespace whose plan is not empty, at once, or (a refresh) at evenly spaced
+    /// instants until `spread_until`.
+    fn enqueue_all_until(&self, spread_until: Option<Timestamp>) {
+        let Some(until) = spread_until.filter(|u| *u > Timestamp::now()) else {
+            self.enqueue_all();
+            return;
+        };
+        let view = self.shared.view.borrow().clone();
+        let Some(cfg) = view.config() else { return };
+        let content = self.desired(cfg);
+        let desired = content
+            .as_deref()
+            .map_or(Desired::Unavailable, |c| Desired::Content(&c.secret));
+        let secret_name = &self.shared.settings.secret_name;
+        let mut due: Vec<Arc<str>> = {
+            let index = self.shared.index.read();
+            index
+                .namespaces()
+                .filter(|(name, state)| {
+                    !plan_namespace(name, state, cfg, secret_name, desired).is_empty()
+                })
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        due.sort();
+        let now = Timestamp::now();
+        let at = tokio::time::Instant::now();
+        tracing::info!(namespaces = due.len(), until = %until, "refresh spread over the window");
+        let slots = spread::slots(now, until, due.len());
+        for (ns, slot) in due.into_iter().zip(slots) {
+            let offset = Duration::try_from(slot.duration_since(now)).unwrap_or(Duration::ZERO);
+            self.queue.add_at(ns, at + offset);
+        }
     }
 
     /// Queues every namespace whose plan is not empty (after a configuration or content change).
@@ -681,6 +720,7 @@ pub async fn lead(
         metrics: shared.metrics.clone(),
         events,
         index: shared.index.clone(),
+        refresh_rate: shared.settings.refresh_rate,
     };
     let view_rx = shared.view.clone();
     let mut tasks = vec![tokio::spawn(async move {
@@ -707,9 +747,9 @@ pub async fn lead(
             }
             changed = content.changed() => {
                 if changed.is_err() { break TermEnd::Broken }
-                let ok = content.borrow_and_update().is_some();
-                shared.readiness.content_ok.store(ok, Ordering::Relaxed);
-                term.enqueue_all();
+                let current = content.borrow_and_update().clone();
+                shared.readiness.content_ok.store(current.is_some(), Ordering::Relaxed);
+                term.enqueue_all_until(current.and_then(|c| c.spread_until));
             }
             _ = shared.index.changed() => {
                 for ns in shared.index.take_dirty() {

@@ -15,17 +15,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
 
+use crate::aliyun::cr::RegistryToken;
 use crate::config::{Config, Instance};
 use crate::config_source::ConfigView;
 use crate::credentials::cache::refresh_point;
 use crate::credentials::{CredentialError, Edition, Registry, UsableToken};
 use crate::index::SharedIndex;
 use crate::metrics::{InstanceCategoryLabels, InstanceLabel, Metrics};
-use crate::render::{self, INSTANCES, Login, SecretContent};
+use crate::render::{self, EXPIRES_AT, INSTANCES, Login, SecretContent};
 
 use super::events::Events;
+use super::spread;
 
 /// How often the domains of an Enterprise instance are listed again.
 pub const DOMAINS_TTL: SignedDuration = SignedDuration::from_mins(10);
@@ -89,6 +92,9 @@ pub struct Slot {
     pub instance: Instance,
     pub token: Option<UsableToken>,
     pub obtained_at: Option<Timestamp>,
+    /// The login was taken over from the Secrets in the cluster (a restart, a new leader), not
+    /// fetched: it is refreshed `threshold` before it expires, as its fetcher planned.
+    pub adopted: bool,
     pub domains: Option<Vec<String>>,
     pub domains_due: Option<Timestamp>,
     pub failures: u32,
@@ -101,6 +107,7 @@ impl Slot {
             instance,
             token: None,
             obtained_at: None,
+            adopted: false,
             domains: None,
             domains_due: None,
             failures: 0,
@@ -114,21 +121,31 @@ impl Slot {
         Slot {
             token: old.token.clone(),
             obtained_at: old.obtained_at,
+            adopted: old.adopted,
             ..Slot::new(instance)
         }
     }
 
-    /// When the login must be fetched again under `threshold`.
-    pub fn token_due(&self, threshold: Duration) -> Option<Timestamp> {
-        match (&self.token, self.obtained_at) {
-            (Some(t), Some(at)) => Some(refresh_point(at, t.usable_until, threshold)),
-            _ => None,
-        }
+    /// When the login must be fetched again under `threshold`, `window` ahead of its refresh
+    /// point so a refresh of many Secrets can be spread (see [`spread`]).
+    pub fn token_due(&self, threshold: Duration, window: Duration) -> Option<Timestamp> {
+        let (token, at) = (self.token.as_ref()?, self.obtained_at?);
+        let refresh = if self.adopted {
+            let t = SignedDuration::try_from(threshold).unwrap_or(SignedDuration::MAX);
+            token.usable_until.checked_sub(t).unwrap_or(at).max(at)
+        } else {
+            refresh_point(at, token.usable_until, threshold)
+        };
+        Some(spread::fetch_at(at, refresh, window))
     }
 
     /// When this slot next needs a fetch (`None`: now), never before a pending retry.
-    pub fn next_fetch(&self, threshold: Duration) -> Option<Timestamp> {
-        let need = match (self.token_due(threshold), self.domains_due, &self.domains) {
+    pub fn next_fetch(&self, threshold: Duration, window: Duration) -> Option<Timestamp> {
+        let need = match (
+            self.token_due(threshold, window),
+            self.domains_due,
+            &self.domains,
+        ) {
             (Some(t), Some(d), Some(_)) => Some(t.min(d)),
             (Some(t), None, Some(_)) => Some(t),
             _ => None,
@@ -140,8 +157,8 @@ impl Slot {
         }
     }
 
-    fn due(&self, now: Timestamp, threshold: Duration) -> bool {
-        self.next_fetch(threshold).is_none_or(|t| t <= now)
+    fn due(&self, now: Timestamp, threshold: Duration, window: Duration) -> bool {
+        self.next_fetch(threshold, window).is_none_or(|t| t <= now)
     }
 
     fn needs_domains(&self, now: Timestamp) -> bool {
@@ -161,6 +178,64 @@ pub struct Content {
     /// The configured instances it was made for: a worker only writes it while the
     /// configuration in force lists exactly these.
     pub configured: Vec<Instance>,
+    /// A refresh of what the Secrets hold (still valid): the namespaces may be written at a
+    /// steady pace until then rather than all at once.
+    pub spread_until: Option<Timestamp>,
+}
+
+/// Takes the logins of `slots` over from a Secret's `.dockerconfigjson` when it holds, for every
+/// instance, the same login on each of its domains, and nothing else: after a restart or a
+/// failover the Secrets in place stay as they are until their refresh point, instead of all
+/// being rewritten with new passwords. Returns whether it did.
+pub fn adopt(
+    slots: &mut [Slot],
+    dockerconfigjson: &[u8],
+    expires_at: Timestamp,
+    now: Timestamp,
+) -> bool {
+    let Some(logins) = render::parse_logins(dockerconfigjson) else {
+        return false;
+    };
+    let mut tokens = Vec::new();
+    let mut covered = 0;
+    for slot in slots.iter() {
+        let Some(domains) = slot.domains.as_ref().filter(|d| !d.is_empty()) else {
+            return false;
+        };
+        let mut login: Option<&(String, SecretString)> = None;
+        for d in domains {
+            let Some(l) = logins.get(d) else { return false };
+            match login {
+                None => login = Some(l),
+                Some(first) if first.0 == l.0 && first.1.expose_secret() == l.1.expose_secret() => {
+                }
+                Some(_) => return false,
+            }
+        }
+        covered += domains.len();
+        let Some((username, password)) = login else {
+            return false;
+        };
+        tokens.push(UsableToken {
+            token: RegistryToken {
+                username: username.clone(),
+                password: password.clone(),
+                expires_at,
+            },
+            usable_until: expires_at,
+            refresh_at: expires_at,
+        });
+    }
+    // Domains the configuration no longer has would be dropped: that is a change to write.
+    if covered != logins.len() {
+        return false;
+    }
+    for (slot, token) in slots.iter_mut().zip(tokens) {
+        slot.token = Some(token);
+        slot.obtained_at = Some(now);
+        slot.adopted = true;
+    }
+    true
 }
 
 /// The content the ready slots give. An instance without a login (its credentials fail) or
@@ -227,6 +302,15 @@ pub struct Refresher {
     pub metrics: Arc<Metrics>,
     pub events: Events,
     pub index: Arc<SharedIndex>,
+    /// Secrets written per second during a refresh (the spread window follows from it).
+    pub refresh_rate: u32,
+}
+
+/// What one fetch of a slot is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Domains,
+    Login,
 }
 
 impl Refresher {
@@ -240,65 +324,71 @@ impl Refresher {
             .inc();
     }
 
-    async fn fetch(&self, slot: &mut Slot, now: Timestamp) -> Result<(), RefreshError> {
+    /// The registry domains of the slot's instance: as configured, else all of an Enterprise
+    /// instance's enabled endpoints (listed again every 10 minutes), else the Personal Edition's.
+    async fn fetch_domains(&self, slot: &mut Slot, now: Timestamp) -> Result<(), RefreshError> {
         let inst = slot.instance.clone();
-        let err = |source| RefreshError::Credentials {
-            instance: inst.label(),
-            source,
-        };
-        if slot.needs_domains(now) {
-            let listed = match &inst.edition {
-                _ if !inst.domains.is_empty() => Ok(inst.domains.clone()),
-                Edition::Personal => Ok(render::personal_domains(&inst.region)),
-                Edition::Enterprise { instance_id } => self
-                    .registry
-                    .enterprise_domains(&inst.auth, &inst.region, instance_id)
-                    .await
-                    .map_err(err),
-            };
-            let listed = listed.and_then(|d| {
-                if d.is_empty() {
-                    Err(RefreshError::NoDomains {
-                        instance: inst.label(),
-                    })
-                } else {
-                    Ok(d)
-                }
-            });
-            // Listed domains are listed again now and then; configured ones never change.
-            let relisted =
-                matches!(inst.edition, Edition::Enterprise { .. }) && inst.domains.is_empty();
-            match listed {
-                Ok(d) => {
-                    slot.domains = Some(d);
-                    slot.domains_due = relisted.then(|| now + DOMAINS_TTL);
-                }
-                // Listing again failed: the domains known stay, and the login is still
-                // refreshed; the listing is tried again in a minute.
-                Err(e) if slot.domains.is_some() => {
-                    tracing::warn!(error = %e, "could not list the instance's domains again; keeping the known ones");
-                    self.failed(slot, &e);
-                    slot.domains_due = Some(now + SignedDuration::from_mins(1));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let threshold = self.registry.chain().threshold();
-        if slot.token_due(threshold).is_none_or(|t| t <= now) {
-            let t = self
+        let listed = match &inst.edition {
+            _ if !inst.domains.is_empty() => Ok(inst.domains.clone()),
+            Edition::Personal => Ok(render::personal_domains(&inst.region)),
+            Edition::Enterprise { instance_id } => self
                 .registry
-                .fetch_token(&inst.instance_ref())
+                .enterprise_domains(&inst.auth, &inst.region, instance_id)
                 .await
-                .map_err(err)?;
-            self.metrics
-                .token_expiry
-                .get_or_create(&InstanceLabel {
+                .map_err(|source| RefreshError::Credentials {
+                    instance: inst.label(),
+                    source,
+                }),
+        };
+        let listed = listed.and_then(|d| {
+            if d.is_empty() {
+                Err(RefreshError::NoDomains {
                     instance: inst.label(),
                 })
-                .set(t.usable_until.as_second());
-            slot.token = Some(t);
-            slot.obtained_at = Some(now);
+            } else {
+                Ok(d)
+            }
+        });
+        // Listed domains are listed again now and then; configured ones never change.
+        let relisted =
+            matches!(inst.edition, Edition::Enterprise { .. }) && inst.domains.is_empty();
+        match listed {
+            Ok(d) => {
+                slot.domains = Some(d);
+                slot.domains_due = relisted.then(|| now + DOMAINS_TTL);
+                Ok(())
+            }
+            // Listing again failed: the domains known stay, and the login is still refreshed;
+            // the listing is tried again in a minute.
+            Err(e) if slot.domains.is_some() => {
+                tracing::warn!(error = %e, "could not list the instance's domains again; keeping the known ones");
+                self.failed(slot, &e);
+                slot.domains_due = Some(now + SignedDuration::from_mins(1));
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
+    }
+
+    async fn fetch_login(&self, slot: &mut Slot, now: Timestamp) -> Result<(), RefreshError> {
+        let inst = slot.instance.clone();
+        let t = self
+            .registry
+            .fetch_token(&inst.instance_ref())
+            .await
+            .map_err(|source| RefreshError::Credentials {
+                instance: inst.label(),
+                source,
+            })?;
+        self.metrics
+            .token_expiry
+            .get_or_create(&InstanceLabel {
+                instance: inst.label(),
+            })
+            .set(t.usable_until.as_second());
+        slot.token = Some(t);
+        slot.obtained_at = Some(now);
+        slot.adopted = false;
         Ok(())
     }
 
@@ -322,6 +412,94 @@ impl Refresher {
         held
     }
 
+    /// The freshest content of ours in the cluster made for exactly `labels` and not yet due for
+    /// refresh: its `.dockerconfigjson` and expiry.
+    fn adoptable(
+        &self,
+        labels: &str,
+        threshold: Duration,
+        now: Timestamp,
+    ) -> Option<(Arc<[u8]>, Timestamp)> {
+        let margin = SignedDuration::try_from(threshold).unwrap_or(SignedDuration::MAX);
+        let index = self.index.read();
+        index
+            .namespaces()
+            .filter_map(|(_, ns)| ns.secret.as_ref())
+            .filter(|s| {
+                s.managed && s.annotations.get(INSTANCES).map(String::as_str) == Some(labels)
+            })
+            .filter_map(|s| {
+                let expires: Timestamp = s.annotations.get(EXPIRES_AT)?.parse().ok()?;
+                Some((s.dockerconfigjson.clone()?, expires))
+            })
+            .filter(|(_, expires)| expires.checked_sub(margin).is_ok_and(|due| due > now))
+            .max_by_key(|(_, expires)| *expires)
+    }
+
+    /// Fetches `phase` for the due slots at once; failures schedule their retries.
+    async fn fetch_due(
+        &self,
+        slots: &mut [Slot],
+        due: Vec<usize>,
+        phase: Phase,
+        valid_until: Option<Timestamp>,
+        cm_ref: Option<&k8s_openapi::api::core::v1::ObjectReference>,
+    ) {
+        let now = Timestamp::now();
+        let fetched = futures::future::join_all(due.iter().map(|&i| {
+            let mut slot = slots[i].clone();
+            async move {
+                let r = match phase {
+                    Phase::Domains => self.fetch_domains(&mut slot, now).await,
+                    Phase::Login => self.fetch_login(&mut slot, now).await,
+                };
+                (i, slot, r)
+            }
+        }))
+        .await;
+        for (i, mut slot, result) in fetched {
+            match result {
+                Ok(()) => {
+                    if phase == Phase::Login {
+                        if slot.failures > 0 {
+                            tracing::info!(instance = %slot.instance.label(), after_failures = slot.failures, "credentials obtained again");
+                        }
+                        slot.failures = 0;
+                        slot.retry_at = None;
+                    }
+                }
+                Err(e) => {
+                    slot.failures = slot.failures.saturating_add(1);
+                    let delay =
+                        retry_delay(slot.failures, Timestamp::now(), valid_until, rand::random());
+                    slot.retry_at = Timestamp::now()
+                        .checked_add(
+                            SignedDuration::try_from(delay).unwrap_or(SignedDuration::ZERO),
+                        )
+                        .ok();
+                    self.failed(&slot, &e);
+                    tracing::warn!(error = %e, category = e.category(), failures = slot.failures, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), valid_until = ?valid_until, "could not refresh credentials");
+                    if slot.failures == 1
+                        && let Some(r) = cm_ref
+                    {
+                        let until =
+                            valid_until.map_or("no password was obtained yet".to_owned(), |v| {
+                                format!("the Secrets keep their current passwords, valid until {v}")
+                            });
+                        self.events
+                            .warn(
+                                r,
+                                "CredentialsUnavailable",
+                                format!("{e}; {until}; retrying"),
+                            )
+                            .await;
+                    }
+                }
+            }
+            slots[i] = slot;
+        }
+    }
+
     /// Runs until the task is dropped: follows the configuration in force, fetches what is due,
     /// and publishes the content on `content`.
     pub async fn run(
@@ -331,6 +509,8 @@ impl Refresher {
     ) {
         let mut slots: Vec<Slot> = Vec::new();
         let mut config: Option<Arc<Config>> = None;
+        // Once per term and configuration: take over the logins the Secrets hold.
+        let mut adoption_tried = false;
         loop {
             let current = view.borrow_and_update().clone();
             let cm_ref = current.configmap.clone();
@@ -361,94 +541,105 @@ impl Refresher {
                     }
                     slots = next;
                     config = Some(cfg.clone());
+                    adoption_tried = slots.iter().any(|s| s.token.is_some());
                 }
                 Some(_) => {}
             }
             let Some(cfg) = config.clone() else { continue };
             let threshold = cfg.expiring_threshold;
+            let window = spread::window(
+                self.index.read().managed_secrets(),
+                self.refresh_rate,
+                threshold,
+            );
+            let previous = content.borrow().clone();
+            let valid_until = previous.as_ref().map(|c| c.secret.expires_at);
+
             let now = Timestamp::now();
-            let valid_until = content.borrow().as_ref().map(|c| c.secret.expires_at);
-            let due: Vec<usize> = (0..slots.len())
-                .filter(|i| slots[*i].due(now, threshold))
-                .collect();
-            let fetched = futures::future::join_all(due.iter().map(|&i| {
-                let mut slot = slots[i].clone();
-                let this = &self;
-                async move {
-                    let r = this.fetch(&mut slot, now).await;
-                    (i, slot, r)
-                }
-            }))
+            let due = |slots: &[Slot], phase: Phase| -> Vec<usize> {
+                (0..slots.len())
+                    .filter(|&i| {
+                        let s = &slots[i];
+                        s.due(now, threshold, window)
+                            && match phase {
+                                Phase::Domains => s.needs_domains(now),
+                                Phase::Login => s.domains.is_some(),
+                            }
+                    })
+                    .collect()
+            };
+            let need_domains = due(&slots, Phase::Domains);
+            self.fetch_due(
+                &mut slots,
+                need_domains,
+                Phase::Domains,
+                valid_until,
+                cm_ref.as_ref(),
+            )
             .await;
-            for (i, mut slot, result) in fetched {
-                match result {
-                    Ok(()) => {
-                        if slot.failures > 0 {
-                            tracing::info!(instance = %slot.instance.label(), after_failures = slot.failures, "credentials obtained again");
-                        }
-                        slot.failures = 0;
-                        slot.retry_at = None;
-                    }
-                    Err(e) => {
-                        slot.failures = slot.failures.saturating_add(1);
-                        let delay = retry_delay(
-                            slot.failures,
-                            Timestamp::now(),
-                            valid_until,
-                            rand::random(),
-                        );
-                        slot.retry_at = Timestamp::now()
-                            .checked_add(
-                                SignedDuration::try_from(delay).unwrap_or(SignedDuration::ZERO),
-                            )
-                            .ok();
-                        self.failed(&slot, &e);
-                        tracing::warn!(error = %e, category = e.category(), failures = slot.failures, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), valid_until = ?valid_until, "could not refresh credentials");
-                        if slot.failures == 1
-                            && let Some(r) = &cm_ref
-                        {
-                            let until = valid_until.map_or(
-                                "no password was obtained yet".to_owned(),
-                                |v| {
-                                    format!(
-                                        "the Secrets keep their current passwords, valid until {v}"
-                                    )
-                                },
-                            );
-                            self.events
-                                .warn(
-                                    r,
-                                    "CredentialsUnavailable",
-                                    format!("{e}; {until}; retrying"),
-                                )
-                                .await;
-                        }
-                    }
+            if !adoption_tried && slots.iter().all(|s| s.domains.is_some()) {
+                adoption_tried = true;
+                let labels: Vec<String> = slots.iter().map(|s| s.instance.label()).collect();
+                if let Some((bytes, expires)) = self.adoptable(&labels.join(","), threshold, now)
+                    && adopt(&mut slots, &bytes, expires, now)
+                {
+                    tracing::info!(expires_at = %expires, "took over the passwords the Secrets hold; no rewrite until their refresh point");
                 }
-                slots[i] = slot;
             }
+            let need_login = due(&slots, Phase::Login)
+                .into_iter()
+                .filter(|&i| {
+                    slots[i]
+                        .token_due(threshold, window)
+                        .is_none_or(|t| t <= now)
+                })
+                .collect();
+            self.fetch_due(
+                &mut slots,
+                need_login,
+                Phase::Login,
+                valid_until,
+                cm_ref.as_ref(),
+            )
+            .await;
+
             let must_hold = if slots.iter().all(Slot::ready) {
                 BTreeSet::new()
             } else {
                 self.held(&cfg.instances)
             };
             if let Some(c) = content_of(&slots, &must_hold) {
+                let now = Timestamp::now();
+                // A refresh of what the Secrets hold may be spread over the window it was
+                // fetched ahead by; anything else is written at once.
+                let refresh = previous
+                    .as_ref()
+                    .is_some_and(|p| p.configured == cfg.instances && p.secret.expires_at > now);
+                let spread_until = (refresh && !window.is_zero())
+                    .then(|| {
+                        now.checked_add(
+                            SignedDuration::try_from(window).unwrap_or(SignedDuration::ZERO),
+                        )
+                        .ok()
+                    })
+                    .flatten();
                 let next = Content {
                     secret: c,
                     configured: cfg.instances.clone(),
+                    spread_until,
                 };
                 content.send_if_modified(|old| {
-                    if old.as_deref() == Some(&next) {
+                    if old.as_ref().is_some_and(|o| o.secret == next.secret && o.configured == next.configured) {
                         return false;
                     }
-                    tracing::info!(expires_at = %next.secret.expires_at, instances = ?next.secret.instances, "new Secret content");
+                    tracing::info!(expires_at = %next.secret.expires_at, instances = ?next.secret.instances, spread_until = ?next.spread_until, "new Secret content");
                     *old = Some(Arc::new(next));
                     true
                 });
             }
             let next = slots
                 .iter()
-                .filter_map(|s| s.next_fetch(threshold))
+                .filter_map(|s| s.next_fetch(threshold, window))
                 .min()
                 .map(|t| t.duration_since(Timestamp::now()))
                 .map(|d| Duration::try_from(d).unwrap_or(Duration::ZERO))
@@ -555,20 +746,104 @@ mod tests {
 
     #[test]
     fn a_slot_is_due_at_the_refresh_point_or_its_retry() {
+        let z = Duration::ZERO;
         let s = slot(3600, "2026-11-24T10:00:00Z");
         assert_eq!(
-            s.next_fetch(S(900)),
+            s.next_fetch(S(900), z),
             Some(ts("2026-11-24T10:10:00Z")),
             "domains first"
         );
         let mut s = slot(3600, "2026-11-24T10:00:00Z");
         s.domains_due = None;
-        assert_eq!(s.next_fetch(S(900)), Some(ts("2026-11-24T10:45:00Z")));
+        assert_eq!(s.next_fetch(S(900), z), Some(ts("2026-11-24T10:45:00Z")));
+        // A refresh spread over 200 s is fetched 200 s ahead.
+        assert_eq!(
+            s.next_fetch(S(900), S(200)),
+            Some(ts("2026-11-24T10:41:40Z"))
+        );
         // A pending retry is never overtaken.
         s.retry_at = Some(ts("2026-11-24T10:50:00Z"));
-        assert_eq!(s.next_fetch(S(900)), Some(ts("2026-11-24T10:50:00Z")));
+        assert_eq!(s.next_fetch(S(900), z), Some(ts("2026-11-24T10:50:00Z")));
         // Nothing obtained yet: due now.
-        assert_eq!(Slot::new(s.instance.clone()).next_fetch(S(900)), None);
+        assert_eq!(Slot::new(s.instance.clone()).next_fetch(S(900), z), None);
+        // An adopted login is refreshed the threshold before it expires, as planned by whoever
+        // fetched it (not at half of what is left of it).
+        let mut adopted = slot(1200, "2026-11-24T10:00:00Z");
+        adopted.domains_due = None;
+        adopted.adopted = true;
+        assert_eq!(
+            adopted.next_fetch(S(900), z),
+            Some(ts("2026-11-24T10:05:00Z"))
+        );
+        adopted.adopted = false;
+        assert_eq!(
+            adopted.next_fetch(S(900), z),
+            Some(ts("2026-11-24T10:10:00Z"))
+        );
+    }
+
+    #[test]
+    fn the_logins_a_secret_holds_are_adopted_only_when_they_match_the_configuration() {
+        let now = ts("2026-11-24T10:00:00Z");
+        let expires = ts("2026-11-24T10:50:00Z");
+        let a = slot(3600, "2026-11-24T09:50:00Z");
+        let mut b = slot(3600, "2026-11-24T09:50:00Z");
+        b.instance.edition = Edition::Enterprise {
+            instance_id: "cri-b".into(),
+        };
+        b.domains = Some(vec!["b.example.com".into(), "b-vpc.example.com".into()]);
+        let written = content_of(&[a.clone(), b.clone()], &BTreeSet::new())
+            .unwrap_or_else(|| panic!("no content"));
+        let fresh = |s: &Slot| {
+            let mut s = s.clone();
+            s.token = None;
+            s.obtained_at = None;
+            s
+        };
+        let mut slots = vec![fresh(&a), fresh(&b)];
+        assert!(adopt(&mut slots, &written.dockerconfigjson, expires, now));
+        assert!(slots.iter().all(|s| s.adopted && s.token.is_some()));
+        // Rebuilt from the adopted logins, the content is byte for byte what the Secret holds,
+        // with the expiry its annotation says: nothing to write.
+        let rebuilt = content_of(&slots, &BTreeSet::new()).unwrap_or_else(|| panic!("no content"));
+        assert_eq!(rebuilt.dockerconfigjson, written.dockerconfigjson);
+        assert_eq!(rebuilt.expires_at, expires);
+        // A domain the configuration no longer has, one it has newly, or another login on one of
+        // an instance's domains: not adoptable.
+        let mut fewer = vec![fresh(&a)];
+        assert!(!adopt(&mut fewer, &written.dockerconfigjson, expires, now));
+        let mut more = vec![fresh(&a), fresh(&b)];
+        more[1].domains = Some(vec![
+            "b.example.com".into(),
+            "b-vpc.example.com".into(),
+            "new.example.com".into(),
+        ]);
+        assert!(!adopt(&mut more, &written.dockerconfigjson, expires, now));
+        let pw = SecretString::from("other");
+        let mixed = render::dockerconfigjson(&[
+            Login {
+                domain: "a.example.com",
+                username: "u",
+                password: &SecretString::from("p"),
+            },
+            Login {
+                domain: "b.example.com",
+                username: "u",
+                password: &pw,
+            },
+            Login {
+                domain: "b-vpc.example.com",
+                username: "u",
+                password: &SecretString::from("p"),
+            },
+        ]);
+        let mut slots = vec![fresh(&a), fresh(&b)];
+        assert!(!adopt(&mut slots, &mixed, expires, now));
+        assert!(
+            slots.iter().all(|s| s.token.is_none()),
+            "nothing adopted halfway"
+        );
+        assert!(!adopt(&mut slots, b"not json", expires, now));
     }
 
     #[test]

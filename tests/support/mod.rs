@@ -160,6 +160,12 @@ impl TestNamespace {
     /// ServiceAccount exists, as a workload would find it in a real cluster.
     pub async fn create(client: &Client, prefix: &str) -> TestNamespace {
         let name = format!("{prefix}-{:08x}", rand::random::<u32>());
+        Self::create_named(client, &name).await
+    }
+
+    /// Creates the namespace `name` (see [`TestNamespace::create`]).
+    pub async fn create_named(client: &Client, name: &str) -> TestNamespace {
+        let name = name.to_owned();
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
