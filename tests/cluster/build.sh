@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the local control plane's binaries (kube-apiserver, kube-controller-manager, kubectl,
-# etcd, helm) from the Go modules
-# pinned in ./k8s and ./helm, once, into a cache directory outside the repository keyed by the
-# pinned versions. Later runs find them and return at once. Prints the bin directory on stdout.
+# etcd, helm) from the Go modules pinned in ./k8s and ./helm, and the scale benchmark's client
+# (benchtool, ./k8s/benchtool, on client-go of the same release), once, into a cache directory
+# outside the repository keyed by the pinned versions and sources. Later runs find them and return
+# at once. Prints the bin directory on stdout.
 #
 #   ACR_HELPER_CLUSTER_CACHE  cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/aliyun-acr-credential-helper)
 set -euo pipefail
@@ -10,12 +11,12 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache_root="${ACR_HELPER_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/aliyun-acr-credential-helper}"
 
 # The key covers everything that decides the binaries: pinned modules, sources and the Go toolchain.
-key="$( (cat "$here"/k8s/go.mod "$here"/k8s/go.sum "$here"/k8s/etcd/main.go "$here"/helm/go.mod "$here"/helm/go.sum; go version) | sha256sum | cut -c1-16)"
+key="$( (cat "$here"/k8s/go.mod "$here"/k8s/go.sum "$here"/k8s/etcd/main.go "$here"/k8s/benchtool/main.go "$here"/helm/go.mod "$here"/helm/go.sum; go version) | sha256sum | cut -c1-16)"
 k8s_version="$(awk '$1=="k8s.io/kubernetes"{print $2}' "$here/k8s/go.mod")"
 bin="$cache_root/control-plane-$k8s_version-$key/bin"
 
 if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] && [ -x "$bin/etcd" ] \
-  && [ -x "$bin/kubectl" ] && [ -x "$bin/helm" ]; then
+  && [ -x "$bin/kubectl" ] && [ -x "$bin/helm" ] && [ -x "$bin/benchtool" ]; then
   echo "$bin"
   exit 0
 fi
@@ -43,6 +44,8 @@ echo "build.sh: building the control plane ($k8s_version) into $bin; the first b
   echo "build.sh: kubectl built after $(( $(date +%s) - start ))s" >&2
   go build -trimpath -ldflags="$ldflags" -o "$tmp/etcd" ./etcd
   echo "build.sh: etcd built after $(( $(date +%s) - start ))s" >&2
+  go build -trimpath -ldflags="$ldflags" -o "$tmp/benchtool" ./benchtool
+  echo "build.sh: benchtool built after $(( $(date +%s) - start ))s" >&2
 )
 (
   cd "$here/helm"

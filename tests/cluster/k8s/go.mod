@@ -1,11 +1,15 @@
 // Pins the real Kubernetes control plane (kube-apiserver, kubectl) and etcd used by the
-// integration tests and the demo. Built by ../build.sh into a cache outside the repository.
+// integration tests and the demo, and builds benchtool (the scale benchmark's client) against the
+// same client-go. Built by ../build.sh into a cache outside the repository.
 module acrhelper.test/cluster/k8s
 
 go 1.26.0
 
 require (
 	go.etcd.io/etcd/server/v3 v3.7.0
+	k8s.io/api v0.37.1
+	k8s.io/apimachinery v0.37.1
+	k8s.io/client-go v0.37.1
 	k8s.io/kubernetes v1.37.1
 )
 
@@ -148,12 +152,9 @@ require (
 	gopkg.in/go-jose/go-jose.v2 v2.6.3 // indirect
 	gopkg.in/inf.v0 v0.9.1 // indirect
 	gopkg.in/natefinch/lumberjack.v2 v2.2.1 // indirect
-	k8s.io/api v0.37.1 // indirect
 	k8s.io/apiextensions-apiserver v0.0.0 // indirect
-	k8s.io/apimachinery v0.37.1 // indirect
 	k8s.io/apiserver v0.37.1 // indirect
 	k8s.io/cli-runtime v0.37.1 // indirect
-	k8s.io/client-go v0.37.1 // indirect
 	k8s.io/cloud-provider v0.37.1 // indirect
 	k8s.io/cluster-bootstrap v0.0.0 // indirect
 	k8s.io/component-base v0.37.1 // indirect
