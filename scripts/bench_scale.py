@@ -8,6 +8,7 @@ import argparse
 import base64
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import urllib.error
 import urllib.parse
 from datetime import datetime, timezone
 
-from benchlib import Audit, Bench, Broken, free_port, proc_connections, proc_cpu_seconds, proc_memory
+from benchlib import ROOT, Audit, Bench, Broken, free_port, proc_connections, proc_cpu_seconds, proc_memory
 
 PULL = "aliyun-acr-credential-helper"  # the pull Secret's name (--secret-name default)
 EXPIRES_AT = "aliyun-acr-credential-helper/expires-at"
@@ -47,6 +48,9 @@ def parse_args(argv):
                     help="namespaces named in the ConfigMap but created only after convergence (default 200)")
     ap.add_argument("--latency-rate", type=float, default=50, help="their creation rate per second (default 50)")
     ap.add_argument("--floor-workers", type=int, default=32, help="concurrency of the raw-write floor (default 32)")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="skip the floor (and its namespaces): the cluster holds exactly --namespaces "
+                         "(for memory at an exact shape)")
     ap.add_argument("--workers", type=int, default=None, help="the controller's --workers (default: its own)")
     ap.add_argument("--quiet-seconds", type=float, default=30, help="steady-state window after convergence (default 30)")
     ap.add_argument("--expiring-threshold", type=int, default=60, help="the ConfigMap's expiring-threshold, s (default 60)")
@@ -242,7 +246,7 @@ def main(argv):
         print(f"bench-scale: BROKEN: {e}", file=sys.stderr)
     finally:
         if b is not None:
-            b.close()
+            b.close(keep_logs=None if report.get("ok") else os.path.join(ROOT, "target/bench-scale-broken"))
         if a.json:
             with open(a.json, "w") as f:
                 json.dump(report, f, indent=2, sort_keys=True)
@@ -274,27 +278,32 @@ def run(a, b, report):
     floor_secrets = round(a.unrelated_secrets * a.selected / a.namespaces)
     b.benchtool("seed", "--prefix", "bench-", "--namespaces", str(a.namespaces),
                 "--service-accounts", str(a.service_accounts), "--secrets", str(a.unrelated_secrets))
-    b.benchtool("seed", "--prefix", "floor-", "--namespaces", str(a.selected),
-                "--service-accounts", str(a.service_accounts), "--secrets", str(floor_secrets))
+    if not a.no_floor:
+        b.benchtool("seed", "--prefix", "floor-", "--namespaces", str(a.selected),
+                    "--service-accounts", str(a.service_accounts), "--secrets", str(floor_secrets))
     report["seed_seconds"] = r3(time.monotonic() - t)
 
     # 2. The floor: the same writes, by a plain client-go client, on the floor namespaces.
-    step(f"floor: {a.selected} Secrets + {a.selected * a.service_accounts} ServiceAccount patches, "
-         f"{a.floor_workers} workers")
-    floor_client = b.benchtool("floor", "--prefix", "floor-", "--count", str(a.selected),
-                               "--workers", str(a.floor_workers))
-    time.sleep(0.5)
-    floor_events = [e for e in audit.read() if e["ua"] == FLOOR_UA]
-    if not floor_events:
-        raise Broken("the floor's requests are not in the audit log")
-    f0 = min(e["received"] for e in floor_events)
-    f1 = max(e["done"] for e in floor_events)
-    report["floor"] = {
-        "seconds": r3(f1 - f0), "client_seconds": r3(floor_client["seconds"]),
-        "requests": len(floor_events), "by_verb_resource_code": counts(floor_events),
-        "secrets_created": floor_client["secrets_created"], "sa_patched": floor_client["sa_patched"],
-        "conflicts": floor_client["conflicts"], "peak_concurrency": peak_concurrency(floor_events, f0, f1),
-        "writes_per_second": r3(len(floor_events) / max(f1 - f0, 1e-6))}
+    if a.no_floor:
+        f0 = f1 = 0.0
+        report["floor"] = None
+    else:
+        step(f"floor: {a.selected} Secrets + {a.selected * a.service_accounts} ServiceAccount patches, "
+             f"{a.floor_workers} workers")
+        floor_client = b.benchtool("floor", "--prefix", "floor-", "--count", str(a.selected),
+                                   "--workers", str(a.floor_workers))
+        time.sleep(0.5)
+        floor_events = [e for e in audit.read() if e["ua"] == FLOOR_UA]
+        if not floor_events:
+            raise Broken("the floor's requests are not in the audit log")
+        f0 = min(e["received"] for e in floor_events)
+        f1 = max(e["done"] for e in floor_events)
+        report["floor"] = {
+            "seconds": r3(f1 - f0), "client_seconds": r3(floor_client["seconds"]),
+            "requests": len(floor_events), "by_verb_resource_code": counts(floor_events),
+            "secrets_created": floor_client["secrets_created"], "sa_patched": floor_client["sa_patched"],
+            "conflicts": floor_client["conflicts"], "peak_concurrency": peak_concurrency(floor_events, f0, f1),
+            "writes_per_second": r3(len(floor_events) / max(f1 - f0, 1e-6))}
 
     # 3. Short passwords, so a refresh comes during the run, after the phases before it.
     refresh_after = max(90.0, 5 * (f1 - f0) + a.quiet_seconds + a.latency_namespaces / a.latency_rate + 30)
@@ -326,9 +335,10 @@ def run(a, b, report):
     total_needed = len(selected) + len(need_sa)
 
     def converged():
-        missing = sum(1 for ns in selected if ns not in progress.secret_created) + \
-            sum(1 for k in need_sa if k not in progress.sa_patched)
-        return missing == 0, missing
+        missing = [f"Secret {ns}" for ns in selected if ns not in progress.secret_created] + \
+            [f"ServiceAccount {ns}/{sa}" for ns, sa in need_sa if (ns, sa) not in progress.sa_patched]
+        # Name a few, so a broken run says what never came.
+        return not missing, f"{len(missing)}: {', '.join(missing[:5])}" if missing else 0
 
     wait_for(audit, progress, ctl, "convergence", converged, a.stall_timeout)
     cpu["converged"] = proc_cpu_seconds(ctl.pid)
@@ -341,7 +351,7 @@ def run(a, b, report):
         raise Broken("the ConfigMap's creation is not in the audit log")
     c0 = cm[0]["done"]
     c1 = max(e["done"] for e in needed)
-    step(f"converged in {c1 - c0:.2f} s (floor {f1 - f0:.2f} s)")
+    step(f"converged in {c1 - c0:.2f} s" + ("" if a.no_floor else f" (floor {f1 - f0:.2f} s)"))
 
     # What the Secrets hold now, and until when it works (read once, outside every window).
     old = {ns: content_expiry(b, s) for ns, s in pull_secrets(b).items()}
@@ -442,11 +452,11 @@ def run(a, b, report):
                               for e in extra if e["namespace"] not in set(selected)})
     first_write = min(e["received"] for e in needed)
     report["convergence"] = {
-        "seconds": r3(c1 - c0), "ratio_to_floor": r3((c1 - c0) / max(f1 - f0, 1e-6)),
+        "seconds": r3(c1 - c0), "ratio_to_floor": None if a.no_floor else r3((c1 - c0) / max(f1 - f0, 1e-6)),
         "configmap_applied_at": iso(c0), "converged_at": iso(c1),
         "first_needed_write_after_seconds": r3(first_write - c0),
         "write_phase_seconds": r3(c1 - first_write),
-        "write_phase_ratio_to_floor": r3((c1 - first_write) / max(f1 - f0, 1e-6)),
+        "write_phase_ratio_to_floor": None if a.no_floor else r3((c1 - first_write) / max(f1 - f0, 1e-6)),
         "needed_writes": total_needed, "extra_requests": len(extra),
         "needed_by_verb_resource_code": counts([e for e in window if id(e) in needed_ids]),
         "extra_by_verb_resource_code": counts(extra),
@@ -564,16 +574,20 @@ def print_table(r):
             w(f"      {v:>7}  {k}")
 
     w(f"bench-scale: {s['namespaces']} namespaces ({s['selected']} selected) x {s['service_accounts_per_namespace']} "
-      f"ServiceAccounts, {s['unrelated_secrets']} unrelated Secrets; floor on {s['floor_namespaces']} more; "
+      f"ServiceAccounts, {s['unrelated_secrets']} unrelated Secrets; floor on {0 if fl is None else s['floor_namespaces']} more; "
       f"{s['latency_namespaces']} new namespaces at {s['latency_rate']:g}/s; passwords live {s['password_seconds']} s")
     section("cold convergence (ConfigMap applied -> last needed write)")
     row("controller", f"{cv['seconds']:.3f} s  ({cv['needed_writes']} needed writes, {cv['writes_per_second']:.0f}/s, "
                       f"first after {cv['first_needed_write_after_seconds']:.3f} s)")
-    row(f"raw-write floor ({s['floor_workers']} workers)", f"{fl['seconds']:.3f} s  ({fl['requests']} requests, "
-                                                           f"{fl['writes_per_second']:.0f}/s, {fl['conflicts']} conflicts)")
-    row("ratio controller / floor", f"{cv['ratio_to_floor']:.2f}x  (from its first write: "
-                                    f"{cv['write_phase_seconds']:.3f} s, {cv['write_phase_ratio_to_floor']:.2f}x)")
-    row("peak concurrent requests (controller/floor)", f"{cv['peak_concurrency']} / {fl['peak_concurrency']}")
+    if fl:
+        row(f"raw-write floor ({s['floor_workers']} workers)", f"{fl['seconds']:.3f} s  ({fl['requests']} requests, "
+                                                               f"{fl['writes_per_second']:.0f}/s, {fl['conflicts']} conflicts)")
+        row("ratio controller / floor", f"{cv['ratio_to_floor']:.2f}x  (from its first write: "
+                                        f"{cv['write_phase_seconds']:.3f} s, {cv['write_phase_ratio_to_floor']:.2f}x)")
+        row("peak concurrent requests (controller/floor)", f"{cv['peak_concurrency']} / {fl['peak_concurrency']}")
+    else:
+        row("raw-write floor", "skipped (--no-floor)")
+        row("peak concurrent requests (controller)", f"{cv['peak_concurrency']}")
     breakdown("needed requests", cv["needed_by_verb_resource_code"])
     breakdown(f"extra requests ({cv['extra_requests']})", cv["extra_by_verb_resource_code"])
     if cv["extra_outside_selected_namespaces"]:

@@ -16,7 +16,50 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::core::PartialObjectMeta;
 use tokio::sync::Notify;
 
-use crate::render::{ANNOTATION_PREFIX, DOCKER_CONFIG_KEY, is_managed};
+use crate::render::{DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE, EXPIRES_AT, INSTANCES, is_managed};
+
+/// The label every namespace carries with its own name: not worth keeping.
+const NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// A resourceVersion, kept without an allocation when it is a number (as etcd's are).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rv {
+    Number(u64),
+    Text(Box<str>),
+}
+
+impl Rv {
+    pub fn parse(s: &str) -> Rv {
+        match s.parse::<u64>() {
+            Ok(n) if n.to_string() == s => Rv::Number(n),
+            _ => Rv::Text(s.into()),
+        }
+    }
+
+    /// Whether this version is older than `other`. resourceVersions are opaque to clients, but
+    /// every API server backed by etcd issues increasing integers; when both are numbers, an older
+    /// event is one our own write has already superseded. Only an optimisation: every write still
+    /// carries a precondition, so a wrong answer costs a conflict and a re-read, never a lost
+    /// update.
+    pub fn is_older_than(&self, other: &Rv) -> bool {
+        matches!((self, other), (Rv::Number(a), Rv::Number(b)) if a < b)
+    }
+}
+
+impl std::fmt::Display for Rv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rv::Number(n) => write!(f, "{n}"),
+            Rv::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl From<Option<&String>> for Rv {
+    fn from(s: Option<&String>) -> Rv {
+        Rv::parse(s.map_or("", String::as_str))
+    }
+}
 
 /// A namespace as far as the controller's decisions go.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,31 +67,49 @@ pub struct NsState {
     /// The Namespace object has been seen (ServiceAccounts can arrive first).
     pub exists: bool,
     pub terminating: bool,
+    /// Its labels, but `kubernetes.io/metadata.name`.
     pub labels: BTreeMap<String, String>,
     pub service_accounts: BTreeMap<Arc<str>, SaState>,
     /// The Secret that holds our name here, ours or not.
     pub secret: Option<SecretState>,
+    /// The relist generation that last saw the namespace.
+    pub(crate) seen: u32,
 }
 
 /// A ServiceAccount: what we may change, and the version we saw it at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaState {
-    pub resource_version: String,
+    pub resource_version: Rv,
     pub pull_secrets: Vec<String>,
+    pub(crate) seen: u32,
+}
+
+impl SaState {
+    pub fn new(resource_version: Rv, pull_secrets: Vec<String>) -> SaState {
+        SaState {
+            resource_version,
+            pull_secrets,
+            seen: 0,
+        }
+    }
 }
 
 /// The Secret of our name in a namespace.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretState {
-    pub uid: String,
-    pub resource_version: String,
+    pub uid: Box<str>,
+    pub resource_version: Rv,
     /// Carries our managed-by label.
     pub managed: bool,
-    pub type_: Option<String>,
+    /// Its type is `kubernetes.io/dockerconfigjson`.
+    pub docker_type: bool,
     /// `.dockerconfigjson` when it is the Secret's only key (shared between equal Secrets).
     pub dockerconfigjson: Option<Arc<[u8]>>,
-    /// Our annotations (expiry, instances).
-    pub annotations: BTreeMap<String, String>,
+    /// Our annotations: when its passwords expire, and the instances they are of.
+    pub expires_at: Option<Box<str>>,
+    pub instances: Option<Box<str>>,
+    /// The relist generation that last saw it.
+    pub(crate) seen: u32,
 }
 
 impl std::fmt::Debug for SecretState {
@@ -57,17 +118,10 @@ impl std::fmt::Debug for SecretState {
             .field("uid", &self.uid)
             .field("resource_version", &self.resource_version)
             .field("managed", &self.managed)
-            .field("annotations", &self.annotations)
+            .field("expires_at", &self.expires_at)
+            .field("instances", &self.instances)
             .finish_non_exhaustive()
     }
-}
-
-/// Whether resourceVersion `a` is older than `b`. resourceVersions are opaque to clients, but
-/// every API server backed by etcd issues increasing integers; when both parse, an older event is
-/// one our own write has already superseded. Only an optimisation: every write still carries a
-/// precondition, so a wrong answer costs a conflict and a re-read, never a lost update.
-fn is_older(a: &str, b: &str) -> bool {
-    matches!((a.parse::<u64>(), b.parse::<u64>()), (Ok(a), Ok(b)) if a < b)
 }
 
 /// Which watch a relist is for.
@@ -78,9 +132,15 @@ pub enum Kind {
     Secret,
 }
 
-/// An object as a relist sees it: its namespace, and its name unless it is the namespace itself
-/// or the one Secret of our name there.
-type Seen = (Arc<str>, Option<Arc<str>>);
+impl Kind {
+    fn slot(self) -> usize {
+        match self {
+            Kind::Namespace => 0,
+            Kind::ServiceAccount => 1,
+            Kind::Secret => 2,
+        }
+    }
+}
 
 /// The index proper: plain data, no I/O.
 #[derive(Default)]
@@ -88,11 +148,13 @@ pub struct Index {
     namespaces: HashMap<Arc<str>, NsState>,
     /// Equal `.dockerconfigjson` values share one allocation.
     contents: HashSet<Arc<[u8]>>,
-    /// Objects seen during a relist in progress, per kind.
-    relist: HashMap<Kind, HashSet<Seen>>,
+    /// Per kind, the generation of the relist in progress (`None`: none), and the last one. An
+    /// entry seen by the relist carries its generation; what does not is gone.
+    relist: [Option<u32>; 3],
+    generation: [u32; 3],
     /// Secrets we deleted (namespace, uid) whose deletion the watch has not shown yet: a late
     /// event of theirs must not bring them back.
-    deleted: HashSet<(Arc<str>, String)>,
+    deleted: HashSet<(Arc<str>, Box<str>)>,
 }
 
 /// Holds registry passwords: shows counts only.
@@ -130,17 +192,16 @@ impl Index {
             .count()
     }
 
-    fn key(&mut self, ns: &str) -> Arc<str> {
+    fn key(&self, ns: &str) -> Arc<str> {
         match self.namespaces.get_key_value(ns) {
             Some((k, _)) => k.clone(),
             None => Arc::from(ns),
         }
     }
 
-    fn entry(&mut self, ns: &str) -> (Arc<str>, &mut NsState) {
-        let key = self.key(ns);
-        let state = self.namespaces.entry(key.clone()).or_default();
-        (key, state)
+    /// The generation a relist of `kind` marks what it sees with (0 outside a relist).
+    fn marking(&self, kind: Kind) -> u32 {
+        self.relist[kind.slot()].unwrap_or(0)
     }
 
     /// Drops a namespace entry that holds nothing any more.
@@ -151,12 +212,6 @@ impl Index {
             .is_some_and(|n| !n.exists && n.service_accounts.is_empty() && n.secret.is_none())
         {
             self.namespaces.remove(ns);
-        }
-    }
-
-    fn seen(&mut self, kind: Kind, ns: &Arc<str>, name: Option<Arc<str>>) {
-        if let Some(set) = self.relist.get_mut(&kind) {
-            set.insert((ns.clone(), name));
         }
     }
 
@@ -178,14 +233,17 @@ impl Index {
         let Some(name) = ns.metadata.name.as_deref() else {
             return false;
         };
-        let labels = ns.metadata.labels.clone().unwrap_or_default();
+        let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+        labels.remove(NAME_LABEL);
         let terminating = ns.metadata.deletion_timestamp.is_some();
-        let (key, state) = self.entry(name);
+        let seen = self.marking(Kind::Namespace);
+        let key = self.key(name);
+        let state = self.namespaces.entry(key).or_default();
         let changed = !state.exists || state.terminating != terminating || state.labels != labels;
         state.exists = true;
         state.terminating = terminating;
         state.labels = labels;
-        self.seen(Kind::Namespace, &key, None);
+        state.seen = seen;
         changed
     }
 
@@ -209,30 +267,30 @@ impl Index {
         ) else {
             return false;
         };
-        let next = SaState {
-            resource_version: sa.metadata.resource_version.clone().unwrap_or_default(),
-            pull_secrets: sa
-                .image_pull_secrets
+        let seen = self.marking(Kind::ServiceAccount);
+        let mut next = SaState::new(
+            Rv::from(sa.metadata.resource_version.as_ref()),
+            sa.image_pull_secrets
                 .iter()
                 .flatten()
                 .map(|r| r.name.clone())
                 .collect(),
-        };
-        let (key, state) = self.entry(ns);
-        let name: Arc<str> = match state.service_accounts.get_key_value(name) {
-            Some((k, _)) => k.clone(),
-            None => Arc::from(name),
-        };
-        let changed = match state.service_accounts.get(&name) {
-            Some(old) if is_older(&next.resource_version, &old.resource_version) => {
-                self.seen(Kind::ServiceAccount, &key, Some(name));
+        );
+        next.seen = seen;
+        let key = self.key(ns);
+        let state = self.namespaces.entry(key).or_default();
+        let (name, changed) = match state.service_accounts.get_key_value(name) {
+            Some((k, old)) if next.resource_version.is_older_than(&old.resource_version) => {
+                let k = k.clone();
+                if let Some(old) = state.service_accounts.get_mut(&k) {
+                    old.seen = seen;
+                }
                 return false;
             }
-            Some(old) => old.pull_secrets != next.pull_secrets,
-            None => true,
+            Some((k, old)) => (k.clone(), old.pull_secrets != next.pull_secrets),
+            None => (Arc::from(name), true),
         };
-        state.service_accounts.insert(name.clone(), next);
-        self.seen(Kind::ServiceAccount, &key, Some(name));
+        state.service_accounts.insert(name, next);
         changed
     }
 
@@ -251,71 +309,76 @@ impl Index {
         let Some(ns) = secret.metadata.namespace.as_deref() else {
             return false;
         };
-        let data = secret.data.as_ref();
-        let dockerconfigjson = match data {
+        let uid: Box<str> = secret.metadata.uid.as_deref().unwrap_or_default().into();
+        let key = self.key(ns);
+        if self.deleted.contains(&(key.clone(), uid.clone())) {
+            return false;
+        }
+        let dockerconfigjson = match secret.data.as_ref() {
             Some(d) if d.len() == 1 => d.get(DOCKER_CONFIG_KEY).map(|b| b.0.clone()),
             _ => None,
         };
         let dockerconfigjson = dockerconfigjson.map(|b| self.intern(&b));
-        let next = SecretState {
-            uid: secret.metadata.uid.clone().unwrap_or_default(),
-            resource_version: secret.metadata.resource_version.clone().unwrap_or_default(),
-            managed: is_managed(&secret.metadata),
-            type_: secret.type_.clone(),
-            dockerconfigjson,
-            annotations: secret
+        let annotation = |k: &str| {
+            secret
                 .metadata
                 .annotations
-                .iter()
-                .flatten()
-                .filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+                .as_ref()
+                .and_then(|a| a.get(k))
+                .map(|v| Box::<str>::from(v.as_str()))
         };
-        if self.deleted.contains(&(Arc::from(ns), next.uid.clone())) {
-            return false;
-        }
-        let (key, state) = self.entry(ns);
-        let changed = match &state.secret {
+        let seen = self.marking(Kind::Secret);
+        let next = SecretState {
+            uid,
+            resource_version: Rv::from(secret.metadata.resource_version.as_ref()),
+            managed: is_managed(&secret.metadata),
+            docker_type: secret.type_.as_deref() == Some(DOCKER_CONFIG_TYPE),
+            dockerconfigjson,
+            expires_at: annotation(EXPIRES_AT),
+            instances: annotation(INSTANCES),
+            seen,
+        };
+        let state = self.namespaces.entry(key).or_default();
+        let changed = match &mut state.secret {
             Some(old)
                 if old.uid == next.uid
-                    && is_older(&next.resource_version, &old.resource_version) =>
+                    && next.resource_version.is_older_than(&old.resource_version) =>
             {
-                self.seen(Kind::Secret, &key, None);
+                old.seen = seen;
                 return false;
             }
             Some(old) => {
                 let same = old.uid == next.uid
                     && old.managed == next.managed
-                    && old.type_ == next.type_
+                    && old.docker_type == next.docker_type
                     && old.dockerconfigjson == next.dockerconfigjson
-                    && old.annotations == next.annotations;
+                    && old.expires_at == next.expires_at
+                    && old.instances == next.instances;
                 !same
             }
             None => true,
         };
         state.secret = Some(next);
-        self.seen(Kind::Secret, &key, None);
         changed
     }
 
     /// We deleted the Secret `uid` of `ns`: forget it, and ignore late events of it.
     pub fn deleted_secret(&mut self, ns: &str, uid: &str) {
         self.delete_secret(ns, Some(uid));
-        self.deleted.insert((Arc::from(ns), uid.to_owned()));
+        self.deleted.insert((Arc::from(ns), uid.into()));
     }
 
     /// The watch says the Secret of our name is gone from `ns` (only if it still is the object
     /// `uid`, when given).
     pub fn delete_secret(&mut self, ns: &str, uid: Option<&str>) -> bool {
         if let Some(uid) = uid {
-            self.deleted.remove(&(Arc::from(ns), uid.to_owned()));
+            self.deleted.remove(&(Arc::from(ns), uid.into()));
         }
         let Some(state) = self.namespaces.get_mut(ns) else {
             return false;
         };
         let matches = match (&state.secret, uid) {
-            (Some(s), Some(uid)) => s.uid == uid,
+            (Some(s), Some(uid)) => &*s.uid == uid,
             (Some(_), None) => true,
             (None, _) => false,
         };
@@ -327,14 +390,19 @@ impl Index {
     }
 
     /// A watch starts listing everything again: what it does not list by [`Index::end_relist`]
-    /// is gone.
+    /// is gone. (A first list has nothing to forget and marks nothing.)
     pub fn begin_relist(&mut self, kind: Kind) {
-        self.relist.insert(kind, HashSet::new());
+        let slot = kind.slot();
+        if self.namespaces.is_empty() && self.generation[slot] == 0 {
+            return;
+        }
+        self.generation[slot] = self.generation[slot].wrapping_add(1).max(1);
+        self.relist[slot] = Some(self.generation[slot]);
     }
 
     /// Ends a relist; returns the namespaces where something disappeared.
     pub fn end_relist(&mut self, kind: Kind) -> Vec<Arc<str>> {
-        let Some(seen) = self.relist.remove(&kind) else {
+        let Some(generation) = self.relist[kind.slot()].take() else {
             return Vec::new();
         };
         let mut dirty = Vec::new();
@@ -345,7 +413,7 @@ impl Index {
             };
             let changed = match kind {
                 Kind::Namespace => {
-                    let gone = state.exists && !seen.contains(&(ns.clone(), None));
+                    let gone = state.exists && state.seen != generation;
                     if gone {
                         state.exists = false;
                         state.terminating = false;
@@ -354,7 +422,7 @@ impl Index {
                     gone
                 }
                 Kind::Secret => {
-                    let gone = state.secret.is_some() && !seen.contains(&(ns.clone(), None));
+                    let gone = state.secret.as_ref().is_some_and(|s| s.seen != generation);
                     if gone {
                         state.secret = None;
                     }
@@ -362,9 +430,7 @@ impl Index {
                 }
                 Kind::ServiceAccount => {
                     let before = state.service_accounts.len();
-                    state
-                        .service_accounts
-                        .retain(|name, _| seen.contains(&(ns.clone(), Some(name.clone()))));
+                    state.service_accounts.retain(|_, sa| sa.seen == generation);
                     before != state.service_accounts.len()
                 }
             };
@@ -393,14 +459,6 @@ impl std::fmt::Debug for SharedIndex {
             .field("index", &*self.read())
             .field("synced", &self.synced())
             .finish_non_exhaustive()
-    }
-}
-
-fn kind_slot(kind: Kind) -> usize {
-    match kind {
-        Kind::Namespace => 0,
-        Kind::ServiceAccount => 1,
-        Kind::Secret => 2,
     }
 }
 
@@ -456,7 +514,7 @@ impl SharedIndex {
     }
 
     pub fn set_synced(&self, kind: Kind) {
-        self.synced[kind_slot(kind)].store(true, Ordering::Relaxed);
+        self.synced[kind.slot()].store(true, Ordering::Relaxed);
     }
 
     /// Every watch has listed once.
@@ -515,8 +573,8 @@ mod tests {
         assert_eq!(
             i.namespace("a")
                 .and_then(|n| n.service_accounts.get("default"))
-                .map(|s| s.resource_version.as_str()),
-            Some("12")
+                .map(|s| s.resource_version.to_string()),
+            Some("12".to_owned())
         );
         // imagePullSecrets changed: work.
         assert!(i.apply_service_account(&sa("a", "default", "13", &["ours"])));
@@ -576,8 +634,8 @@ mod tests {
         assert_eq!(
             i.namespace("a")
                 .and_then(|n| n.secret.as_ref())
-                .map(|s| s.annotations.len()),
-            Some(1)
+                .and_then(|s| s.expires_at.as_deref()),
+            Some("x")
         );
         // The same content at a new version: no work. Older version: ignored.
         assert!(!i.apply_secret(&secret("a", "u1", "7", true, b"{\"auths\":{}}")));

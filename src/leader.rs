@@ -265,6 +265,8 @@ pub struct Elector {
     leadership: Leadership,
     /// The record last seen, and when it was first seen as it is.
     observed: Option<(Record, Instant)>,
+    /// The Lease as this replica last wrote it: the holder renews over it without reading first.
+    written: Option<Lease>,
 }
 
 impl Elector {
@@ -275,6 +277,7 @@ impl Elector {
             cfg,
             leadership,
             observed: None,
+            written: None,
         }
     }
 
@@ -326,15 +329,27 @@ impl Elector {
         match written {
             Ok(l) => {
                 self.observe(Some(Record::of(&l)));
+                self.written = Some(l.clone());
                 Ok(Some(l))
             }
-            Err(e) if is_conflict(&e) => Ok(None),
+            Err(e) if is_conflict(&e) => {
+                self.written = None;
+                Ok(None)
+            }
             Err(e) => Err(self.err(e)),
         }
     }
 
     /// One round of the protocol. `Ok(true)`: this replica holds the Lease now.
     async fn try_acquire_or_renew(&mut self) -> Result<bool, LeaseError> {
+        // The leader renews over the Lease it wrote last (one request, not two); if anyone
+        // changed it meanwhile the write conflicts and the round reads it as everyone does.
+        if self.leadership.is_leader()
+            && let Some(last) = self.written.clone()
+            && self.take(Some(&last)).await?.is_some()
+        {
+            return Ok(true);
+        }
         let current = self
             .api
             .get_opt(&self.cfg.name)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::index::{NsState, SecretState};
-use crate::render::{DOCKER_CONFIG_TYPE, SecretContent, reference_needs_change};
+use crate::render::{SecretContent, reference_needs_change};
 
 /// What the Secret content will be.
 #[derive(Debug, Clone, Copy)]
@@ -57,12 +57,13 @@ impl NamespacePlan {
 }
 
 /// Whether the Secret the index holds already has exactly `content`: our label, the type, the
-/// one `.dockerconfigjson` key with the same bytes, and the same annotations of ours.
+/// one `.dockerconfigjson` key with the same bytes, and the same expiry and instances annotations.
 pub fn holds(secret: &SecretState, content: &SecretContent) -> bool {
     secret.managed
-        && secret.type_.as_deref() == Some(DOCKER_CONFIG_TYPE)
+        && secret.docker_type
         && secret.dockerconfigjson.as_deref() == Some(content.dockerconfigjson.as_slice())
-        && secret.annotations == content.annotations()
+        && secret.expires_at.as_deref() == Some(content.expires_at.to_string().as_str())
+        && secret.instances.as_deref() == Some(content.instances.join(",").as_str())
 }
 
 /// The writes that bring namespace `name` in line with `cfg`.

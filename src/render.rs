@@ -138,18 +138,15 @@ impl SecretContent {
             .and_then(|d| d.get(DOCKER_CONFIG_KEY))
             .is_some_and(|b| b.0 == self.dockerconfigjson)
             && existing.data.as_ref().is_some_and(|d| d.len() == 1);
-        let ours: BTreeMap<String, String> = existing
-            .metadata
-            .annotations
+        let annotations = existing.metadata.annotations.as_ref();
+        let ours = self.annotations();
+        let annotations_ok = ours
             .iter()
-            .flatten()
-            .filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+            .all(|(k, v)| annotations.and_then(|a| a.get(k)) == Some(v));
         data_ok
             && existing.type_.as_deref() == Some(DOCKER_CONFIG_TYPE)
             && is_managed(&existing.metadata)
-            && ours == self.annotations()
+            && annotations_ok
     }
 }
 

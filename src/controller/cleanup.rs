@@ -23,7 +23,7 @@ use serde_json::json;
 use super::writes::Writer;
 use super::{Error, kube_error, registration};
 use crate::config_source::CLEANUP_ANNOTATION;
-use crate::index::SaState;
+use crate::index::{Rv, SaState};
 use crate::leader::{Elector, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::render::{is_managed, reference_needs_change};
@@ -137,10 +137,8 @@ async fn remove_everything(
                     .collect();
                 reference_needs_change(names.iter().map(String::as_str), &s.secret_name, false)
                     .then(|| {
-                        let known = SaState {
-                            resource_version: sa.resource_version().unwrap_or_default(),
-                            pull_secrets: names,
-                        };
+                        let known =
+                            SaState::new(Rv::from(sa.metadata.resource_version.as_ref()), names);
                         (sa.namespace().unwrap_or_default(), sa.name_any(), known)
                     })
             })

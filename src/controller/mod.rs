@@ -43,7 +43,7 @@ use crate::index::SharedIndex;
 use crate::leader::Leadership;
 use crate::metrics::{CategoryLabel, Metrics, ResultLabel};
 use crate::plan::{Desired, NamespacePlan, SecretStep, plan_namespace};
-use crate::render::{EXPIRES_AT, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::render::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use events::Events;
 use queue::WorkQueue;
 use refresher::Content;
@@ -436,7 +436,7 @@ impl Term {
         index
             .namespace(ns)
             .and_then(|n| n.secret.as_ref())
-            .and_then(|s| s.annotations.get(EXPIRES_AT))
+            .and_then(|s| s.expires_at.as_deref())
             .and_then(|t| t.parse().ok())
     }
 
@@ -456,7 +456,16 @@ impl Term {
                 Ok(()) => {
                     lock(&self.failures).remove(&ns);
                 }
-                Err(Error::NotLeader) => {}
+                // The term is over (the queue goes with it); should it go on after all, the
+                // namespace is tried again.
+                Err(Error::NotLeader) => {
+                    if self.writer.may_write() {
+                        self.queue.add_at(
+                            ns.clone(),
+                            tokio::time::Instant::now() + Duration::from_secs(1),
+                        );
+                    }
+                }
                 Err(e) => {
                     let failures = {
                         let mut f = lock(&self.failures);

@@ -25,7 +25,7 @@ use crate::credentials::cache::refresh_point;
 use crate::credentials::{CredentialError, Edition, Registry, UsableToken};
 use crate::index::SharedIndex;
 use crate::metrics::{InstanceCategoryLabels, InstanceLabel, Metrics};
-use crate::render::{self, EXPIRES_AT, INSTANCES, Login, SecretContent};
+use crate::render::{self, Login, SecretContent};
 
 use super::events::Events;
 use super::spread;
@@ -401,7 +401,7 @@ impl Refresher {
             let Some(s) = ns.secret.as_ref().filter(|s| s.managed) else {
                 continue;
             };
-            if let Some(list) = s.annotations.get(INSTANCES) {
+            if let Some(list) = s.instances.as_deref() {
                 held.extend(
                     list.split(',')
                         .filter(|l| labels.contains(*l))
@@ -425,11 +425,9 @@ impl Refresher {
         index
             .namespaces()
             .filter_map(|(_, ns)| ns.secret.as_ref())
-            .filter(|s| {
-                s.managed && s.annotations.get(INSTANCES).map(String::as_str) == Some(labels)
-            })
+            .filter(|s| s.managed && s.instances.as_deref() == Some(labels))
             .filter_map(|s| {
-                let expires: Timestamp = s.annotations.get(EXPIRES_AT)?.parse().ok()?;
+                let expires: Timestamp = s.expires_at.as_deref()?.parse().ok()?;
                 Some((s.dockerconfigjson.clone()?, expires))
             })
             .filter(|(_, expires)| expires.checked_sub(margin).is_ok_and(|due| due > now))

@@ -64,19 +64,19 @@ impl Writer {
         self.leadership.leads_in(self.term)
     }
 
-    /// Sends a write if this writer's term goes on, and stops waiting for the answer when the
-    /// term runs out. Every write of the controller goes through here.
+    /// Sends a write if this writer's term goes on, and stops waiting for the answer if the
+    /// term ends meanwhile (renewals extend it). Every write of the controller goes through here.
     pub async fn write<T>(
         &self,
         request: impl Future<Output = Result<T, kube::Error>>,
     ) -> Result<Result<T, kube::Error>, Error> {
-        let left = self
-            .leadership
-            .remaining_in(self.term)
-            .ok_or(Error::NotLeader)?;
-        tokio::time::timeout(left, request)
-            .await
-            .map_err(|_| Error::NotLeader)
+        if !self.may_write() {
+            return Err(Error::NotLeader);
+        }
+        tokio::select! {
+            answer = request => Ok(answer),
+            _ = self.leadership.lost(self.term) => Err(Error::NotLeader),
+        }
     }
 
     pub fn post() -> PostParams {
@@ -104,7 +104,7 @@ impl Writer {
     ) -> Result<Secret, Error> {
         let api = Api::<Secret>::namespaced(self.client.clone(), ns);
         let mut current: Option<(String, bool)> =
-            known.map(|s| (s.resource_version.clone(), s.managed));
+            known.map(|s| (s.resource_version.to_string(), s.managed));
         for _ in 0..MAX_CONFLICTS {
             let result = match &current {
                 None => {
@@ -184,7 +184,7 @@ impl Writer {
         want: bool,
     ) -> Result<Option<ServiceAccount>, Error> {
         let api = Api::<ServiceAccount>::namespaced(self.client.clone(), ns);
-        let mut rv = known.resource_version.clone();
+        let mut rv = known.resource_version.to_string();
         let mut refs: Vec<k8s_openapi::api::core::v1::LocalObjectReference> = known
             .pull_secrets
             .iter()

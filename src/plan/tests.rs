@@ -4,7 +4,7 @@ use jiff::Timestamp;
 use secrecy::SecretString;
 
 use super::*;
-use crate::index::SaState;
+use crate::index::{Rv, SaState};
 use crate::render::{self, Login, MANAGED_BY_VALUE};
 
 const OURS: &str = "acr";
@@ -38,19 +38,21 @@ fn content(password: &str) -> SecretContent {
 fn secret_state(managed: bool, of: Option<&SecretContent>) -> SecretState {
     SecretState {
         uid: "uid".into(),
-        resource_version: "1".into(),
+        resource_version: Rv::Number(1),
         managed,
-        type_: Some(DOCKER_CONFIG_TYPE.into()),
+        docker_type: true,
         dockerconfigjson: of.map(|c| Arc::from(c.dockerconfigjson.as_slice())),
-        annotations: of.map(SecretContent::annotations).unwrap_or_default(),
+        expires_at: of.map(|c| c.expires_at.to_string().into()),
+        instances: of.map(|c| c.instances.join(",").into()),
+        seen: 0,
     }
 }
 
 fn sa(refs: &[&str]) -> SaState {
-    SaState {
-        resource_version: "1".into(),
-        pull_secrets: refs.iter().map(|r| (*r).to_owned()).collect(),
-    }
+    SaState::new(
+        Rv::Number(1),
+        refs.iter().map(|r| (*r).to_owned()).collect(),
+    )
 }
 
 /// The Secret of a namespace in every state the index can hold.
@@ -88,6 +90,7 @@ fn namespace(
         .map(|(n, s)| (Arc::from(n), s))
         .collect(),
         secret,
+        seen: 0,
     }
 }
 

@@ -8,11 +8,13 @@
 #       API server is ready, and prints DIR. DIR (default: a new temporary directory) then holds:
 #         kubeconfig    admin (system:masters) kubeconfig
 #         env           shell lines: KUBECONFIG, APISERVER_URL, AUDIT_LOG, CLUSTER_BIN, CLUSTER_DIR
-#         audit.log     the API server's audit log (every request, Metadata level)
+#         audit.log     the API server's audit log (every request, Metadata level; never rotated)
 #         pki/          the generated CA, serving/client certificates, ServiceAccount signing key
 #         logs/         each process's output
 #       With --owner-pid, a watcher stops the control plane (and removes DIR) once PID has exited,
-#       so a test binary that dies never leaves processes behind.
+#       so a test binary that dies never leaves processes behind. ACR_HELPER_KCM_QPS sets
+#       kube-controller-manager's API rate (default 20/s, as in a real cluster; the scale
+#       benchmark raises it so seeding thousands of namespaces is not paced by it).
 #   control-plane.sh down DIR
 #       Stops every process started for DIR, waits for them to exit, and removes DIR.
 set -euo pipefail
@@ -182,7 +184,7 @@ EOF
     --authorization-mode=RBAC \
     --enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultTolerationSeconds,DefaultStorageClass,PodSecurity,Priority,RuntimeClass,ResourceQuota,NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy \
     --audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/audit.log" \
-    --audit-log-maxbackup=0 --audit-log-format=json \
+    --audit-log-maxbackup=0 --audit-log-maxsize=1048576 --audit-log-format=json \
     --allow-privileged=true \
     --profiling=false \
     --v=1 >"$dir/logs/kube-apiserver.log" 2>&1 &
@@ -204,6 +206,7 @@ EOF
     --root-ca-file="$pki/ca.crt" \
     --service-account-private-key-file="$pki/sa.key" \
     --leader-elect=false --secure-port=0 \
+    --kube-api-qps="${ACR_HELPER_KCM_QPS:-20}" --kube-api-burst="$(( ${ACR_HELPER_KCM_QPS:-20} * 3 / 2 ))" \
     --v=1 >"$dir/logs/kube-controller-manager.log" 2>&1 &
   echo "$!" >> "$dir/pids"
 
