@@ -117,6 +117,7 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
         "-n",
         &release_ns_name,
         "--ignore-not-found",
+        "--no-hooks",
     ]);
     let webhook_name = format!("{release}-aliyun-acr-credential-helper");
     let set_ns = format!("acrConfiguration.watchNamespace={}", ws.name);
@@ -132,8 +133,6 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
             &set_ns,
             "--set",
             "acrConfiguration.acrRegistryInfo[0].instanceId=cri-fakeinstance0001",
-            "--set",
-            "tokenMode=workerRole",
         ]),
         "helm install",
     );
@@ -174,16 +173,25 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
     let granted = can_i("aliyun-acr-credential-helper");
     let extra: Vec<&String> = granted.difference(&baseline).collect();
     let documented = [
-        "namespaces [] [] [get list watch]",
-        "serviceaccounts [] [] [get list watch patch]",
-        "secrets [] [] [get list watch create update delete]",
-        "events.events.k8s.io [] [] [create patch]",
-        "configmaps [] [] [get list watch]",
-        "configmaps [] [acr-configuration] [patch]",
-        "leases.coordination.k8s.io [] [] [get list watch create update patch delete]",
-        "mutatingwebhookconfigurations.admissionregistration.k8s.io [] [] [get create patch delete]",
+        "namespaces [] [] [get list watch]".to_owned(),
+        "serviceaccounts [] [] [get list watch patch]".to_owned(),
+        "secrets [] [aliyun-acr-credential-helper] [get list watch patch delete]".to_owned(),
+        "secrets [] [] [create]".to_owned(),
+        "events.events.k8s.io [] [] [create patch]".to_owned(),
+        format!(
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io [] [{webhook_name}] [get patch delete]"
+        ),
+        "mutatingwebhookconfigurations.admissionregistration.k8s.io [] [] [create]".to_owned(),
+        // The release namespace (kube-system here, which also holds the managed-role token).
+        "configmaps [] [acr-configuration] [get list watch patch]".to_owned(),
+        "secrets [] [aliyun-acr-credential-helper-webhook-tls] [get list watch update delete]"
+            .to_owned(),
+        "secrets [] [aliyun-acr-credential-helper-last-config] [get list watch update delete]"
+            .to_owned(),
+        "leases.coordination.k8s.io [] [aliyun-acr-credential-helper] [get update]".to_owned(),
+        "leases.coordination.k8s.io [] [] [create]".to_owned(),
+        "secrets [] [addon.aliyuncsmanagedacrrole.token] [get]".to_owned(),
     ];
-    let documented: Vec<String> = documented.iter().map(|s| (*s).to_owned()).collect();
     assert_eq!(
         extra
             .iter()
@@ -196,9 +204,101 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
         "the chart's ServiceAccount may do exactly what the chart documents"
     );
 
-    // The controller, run with the chart's ServiceAccount token (not admin), does its whole job.
+    // What the rules do not grant is refused: another Secret (read or list), another product's
+    // webhook registration (read, patch, delete).
     let dir = std::env::temp_dir().join(format!("acr-helper-chart-{}", release_ns_name));
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let chart_token = support::service_account_token(
+        &client,
+        &release_ns_name,
+        "aliyun-acr-credential-helper",
+        &[],
+        3600,
+    )
+    .await;
+    let as_chart = cp.client_with_token(&chart_token).await;
+    let other_secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "someone-elses"}, "stringData": {"k": "v"},
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ws.name)
+        .create(&Default::default(), &other_secret)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let forbidden =
+        |r: Result<_, kube::Error>| matches!(r, Err(kube::Error::Api(s)) if s.code == 403);
+    let theirs = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(as_chart.clone(), &ws.name);
+    assert!(
+        forbidden(theirs.get("someone-elses").await.map(|_| ())),
+        "read another Secret"
+    );
+    assert!(
+        forbidden(theirs.list(&Default::default()).await.map(|_| ())),
+        "listed Secrets"
+    );
+    assert!(
+        forbidden(
+            Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+                as_chart.clone(),
+                &release_ns_name
+            )
+            .get("addon-something-else")
+            .await
+            .map(|_| ())
+        ),
+        "read another Secret of the release namespace"
+    );
+    let foreign_webhook = format!("foreign-{:08x}", rand::random::<u32>());
+    let mwc: k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration =
+        serde_json::from_value(
+            serde_json::json!({"metadata": {"name": foreign_webhook}, "webhooks": []}),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let admin_mwcs =
+        Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+            client.clone(),
+        );
+    admin_mwcs
+        .create(&Default::default(), &mwc)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let chart_mwcs =
+        Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+            as_chart.clone(),
+        );
+    let touch = serde_json::json!({"metadata": {"labels": {"taken": "over"}}});
+    assert!(
+        forbidden(chart_mwcs.get(&foreign_webhook).await.map(|_| ())),
+        "read another webhook"
+    );
+    assert!(
+        forbidden(
+            chart_mwcs
+                .patch(
+                    &foreign_webhook,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&touch)
+                )
+                .await
+                .map(|_| ())
+        ),
+        "patched another product's webhook"
+    );
+    assert!(
+        forbidden(
+            chart_mwcs
+                .delete(&foreign_webhook, &Default::default())
+                .await
+                .map(|_| ())
+        ),
+        "deleted another product's webhook"
+    );
+    let _ = admin_mwcs
+        .delete(&foreign_webhook, &Default::default())
+        .await;
+
+    // The controller, run with the chart's ServiceAccount token (not admin), does its whole job.
     let kubeconfig = dir.join("kubeconfig");
     support::service_account_kubeconfig(
         &release_ns_name,

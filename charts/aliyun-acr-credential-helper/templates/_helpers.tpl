@@ -24,3 +24,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ printf "%s-%s" .Release.Name (include "acr-helper.name" .) | trunc 63 | trimSuffix "-" }}
 {{- end -}}
 {{- end -}}
+
+{{/* The names of everything the controller reads and writes, as flags: the RBAC rules grant
+     exactly these names, so the controller and cleanup are given them explicitly. */}}
+{{- define "acr-helper.nameArgs" -}}
+- --secret-name={{ .Values.pullSecretName }}
+- --webhook-configuration={{ include "acr-helper.fullname" . }}
+- --webhook-tls-secret={{ include "acr-helper.name" . }}-webhook-tls
+- --last-config-secret={{ include "acr-helper.name" . }}-last-config
+- --lease-name={{ include "acr-helper.name" . }}
+{{- end -}}
