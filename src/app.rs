@@ -2,7 +2,6 @@
 //! `cleanup`, and `check-config`. Process-wide set-up (the TLS crypto provider, logging) is done
 //! by the binary's entry point before any of these runs.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -402,7 +401,7 @@ pub fn check_config(path: &std::path::Path, region: Option<&str>) -> i32 {
             return 2;
         }
     };
-    let data = match config_data(&text) {
+    let data = match config::manifest_data(&text) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("{}: {e}", path.display());
@@ -438,59 +437,5 @@ pub fn check_config(path: &std::path::Path, region: Option<&str>) -> i32 {
             );
             1
         }
-    }
-}
-
-/// The string data of a ConfigMap manifest, or of a bare mapping.
-fn config_data(text: &str) -> Result<BTreeMap<String, String>, String> {
-    let doc: serde_json::Value = serde_saphyr::from_str(text)
-        .map_err(|e| format!("not YAML: {}", e.to_string().lines().next().unwrap_or("")))?;
-    let map = match &doc {
-        serde_json::Value::Object(m)
-            if m.get("kind").and_then(|k| k.as_str()) == Some("ConfigMap") =>
-        {
-            match m.get("data") {
-                Some(serde_json::Value::Object(d)) => d.clone(),
-                None | Some(serde_json::Value::Null) => serde_json::Map::new(),
-                Some(_) => return Err("`data` is not a mapping".into()),
-            }
-        }
-        serde_json::Value::Object(m) if m.contains_key("data") && !m.contains_key("kind") => {
-            match m.get("data") {
-                Some(serde_json::Value::Object(d)) => d.clone(),
-                _ => return Err("`data` is not a mapping".into()),
-            }
-        }
-        serde_json::Value::Object(m) if m.contains_key("kind") => {
-            return Err(format!("kind {} is not a ConfigMap", m["kind"]));
-        }
-        serde_json::Value::Object(m) => m.clone(),
-        _ => return Err("expected a ConfigMap manifest".into()),
-    };
-    map.into_iter()
-        .map(|(k, v)| match v {
-            serde_json::Value::String(s) => Ok((k, s)),
-            serde_json::Value::Bool(_) | serde_json::Value::Number(_) => Ok((k, v.to_string())),
-            _ => Err(format!(
-                "data.{k} is not a string (ConfigMap values are strings; quote it or use `|`)"
-            )),
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_data_from_manifests_and_bare_maps() {
-        let m = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: acr-configuration\ndata:\n  watch-namespace: all\n  expiring-threshold: 15m\n";
-        let d = config_data(m).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(d.get("watch-namespace").map(String::as_str), Some("all"));
-        let d = config_data("service-account: \"*\"\n").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(d.get("service-account").map(String::as_str), Some("*"));
-        assert!(config_data("kind: Secret\ndata: {}\n").is_err());
-        assert!(config_data("data:\n  acr-registry-info:\n    - a\n").is_err());
-        assert!(config_data("[1, 2]").is_err());
     }
 }

@@ -12,6 +12,7 @@ pub mod config_source;
 pub mod controller;
 pub mod credentials;
 pub mod duration;
+pub mod fuzz;
 pub mod index;
 pub mod kube_errors;
 pub mod leader;

@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::error::{ApiName, CloudError};
-use super::http::{Http, decode};
+use super::http::{Http, Reply, decode};
 use super::rpc::RpcCall;
 use super::sign::{RoaRequest, roa_signature};
 use super::{Credential, is_region_id};
@@ -154,22 +154,7 @@ impl Cr {
                 call.request(self.http.client(), &endpoint, Some(caller))
             })
             .await?;
-        let t: EnterpriseToken = decode(API, &reply)?;
-        // Check IsSuccess even on HTTP 200.
-        if t.is_success != Some(true) {
-            return Err(unsuccessful(API, reply.status, t.code, t.request_id));
-        }
-        let missing = |field: &str| CloudError::InvalidResponse {
-            api: API,
-            detail: format!("{field} is missing"),
-        };
-        Ok(RegistryToken {
-            username: t.temp_username.ok_or_else(|| missing("TempUsername"))?,
-            password: t
-                .authorization_token
-                .ok_or_else(|| missing("AuthorizationToken"))?,
-            expires_at: from_millis(API, t.expire_time.ok_or_else(|| missing("ExpireTime"))?)?,
-        })
+        parse_enterprise_token(&reply)
     }
 
     /// The endpoints (and so the registry domains) of an Enterprise Edition instance.
@@ -195,11 +180,7 @@ impl Cr {
                 call.request(self.http.client(), &endpoint, Some(caller))
             })
             .await?;
-        let e: Endpoints = decode(API, &reply)?;
-        if e.is_success != Some(true) {
-            return Err(unsuccessful(API, reply.status, e.code, e.request_id));
-        }
-        Ok(e.endpoints)
+        parse_endpoints(&reply)
     }
 
     /// A temporary login for the Personal Edition instance of `region`.
@@ -236,13 +217,49 @@ impl Cr {
                     .map_err(|e| CloudError::Client(e.without_url().to_string()))
             })
             .await?;
-        let answer: PersonalAnswer = decode(API, &reply)?;
-        Ok(RegistryToken {
-            username: answer.data.temp_user_name,
-            password: answer.data.authorization_token,
-            expires_at: from_millis(API, answer.data.expire_date)?,
-        })
+        parse_personal_token(&reply)
     }
+}
+
+/// `GetAuthorizationToken`'s answer (Enterprise Edition): `IsSuccess` is checked even on HTTP 200.
+pub fn parse_enterprise_token(reply: &Reply) -> Result<RegistryToken, CloudError> {
+    const API: ApiName = "GetAuthorizationToken";
+    let t: EnterpriseToken = decode(API, reply)?;
+    if t.is_success != Some(true) {
+        return Err(unsuccessful(API, reply.status, t.code, t.request_id));
+    }
+    let missing = |field: &str| CloudError::InvalidResponse {
+        api: API,
+        detail: format!("{field} is missing"),
+    };
+    Ok(RegistryToken {
+        username: t.temp_username.ok_or_else(|| missing("TempUsername"))?,
+        password: t
+            .authorization_token
+            .ok_or_else(|| missing("AuthorizationToken"))?,
+        expires_at: from_millis(API, t.expire_time.ok_or_else(|| missing("ExpireTime"))?)?,
+    })
+}
+
+/// `ListInstanceEndpoint`'s answer.
+pub fn parse_endpoints(reply: &Reply) -> Result<Vec<InstanceEndpoint>, CloudError> {
+    const API: ApiName = "ListInstanceEndpoint";
+    let e: Endpoints = decode(API, reply)?;
+    if e.is_success != Some(true) {
+        return Err(unsuccessful(API, reply.status, e.code, e.request_id));
+    }
+    Ok(e.endpoints)
+}
+
+/// The Personal Edition's `GET /tokens` answer.
+pub fn parse_personal_token(reply: &Reply) -> Result<RegistryToken, CloudError> {
+    const API: ApiName = "GetPersonalAuthorizationToken";
+    let answer: PersonalAnswer = decode(API, reply)?;
+    Ok(RegistryToken {
+        username: answer.data.temp_user_name,
+        password: answer.data.authorization_token,
+        expires_at: from_millis(API, answer.data.expire_date)?,
+    })
 }
 
 /// The signed headers of a ROA request, lower-case names.

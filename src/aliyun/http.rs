@@ -216,7 +216,8 @@ struct ErrorDocument {
     request_id: Option<String>,
 }
 
-fn service_error(api: ApiName, status: u16, endpoint: &str, body: &[u8]) -> CloudError {
+/// An error answer: the service's error document (either style) if it sent one.
+pub fn service_error(api: ApiName, status: u16, endpoint: &str, body: &[u8]) -> CloudError {
     match serde_json::from_slice::<ErrorDocument>(body) {
         Ok(ErrorDocument {
             code: Some(code),

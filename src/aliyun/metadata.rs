@@ -137,29 +137,7 @@ impl Metadata {
                 token.as_ref(),
             )
             .await?;
-        let c: RoleCredentials = decode(API, &reply)?;
-        if c.code.as_deref() != Some("Success") {
-            return Err(CloudError::Service {
-                api: API,
-                status: reply.status,
-                code: c.code.unwrap_or_else(|| "Missing".to_owned()),
-                message: format!("the metadata service has no usable credentials for role {role}"),
-                request_id: "-".to_owned(),
-            });
-        }
-        let missing = |f: &str| CloudError::InvalidResponse {
-            api: API,
-            detail: format!("{f} is missing"),
-        };
-        let expiration = c.expiration.ok_or_else(|| missing("Expiration"))?;
-        Ok(Credential {
-            access_key_id: c.access_key_id.ok_or_else(|| missing("AccessKeyId"))?,
-            access_key_secret: c
-                .access_key_secret
-                .ok_or_else(|| missing("AccessKeySecret"))?,
-            security_token: Some(c.security_token.ok_or_else(|| missing("SecurityToken"))?),
-            expiration: Some(parse_expiration(API, &expiration)?),
-        })
+        parse_role_credentials(&role, &reply)
     }
 
     /// The node's region id.
@@ -175,4 +153,32 @@ impl Metadata {
             .await?,
         )
     }
+}
+
+/// The metadata service's answer for the credentials of `role`: `Code` must say `Success`.
+pub fn parse_role_credentials(role: &str, reply: &Reply) -> Result<Credential, CloudError> {
+    const API: ApiName = "MetadataCredentials";
+    let c: RoleCredentials = decode(API, reply)?;
+    if c.code.as_deref() != Some("Success") {
+        return Err(CloudError::Service {
+            api: API,
+            status: reply.status,
+            code: c.code.unwrap_or_else(|| "Missing".to_owned()),
+            message: format!("the metadata service has no usable credentials for role {role}"),
+            request_id: "-".to_owned(),
+        });
+    }
+    let missing = |f: &str| CloudError::InvalidResponse {
+        api: API,
+        detail: format!("{f} is missing"),
+    };
+    let expiration = c.expiration.ok_or_else(|| missing("Expiration"))?;
+    Ok(Credential {
+        access_key_id: c.access_key_id.ok_or_else(|| missing("AccessKeyId"))?,
+        access_key_secret: c
+            .access_key_secret
+            .ok_or_else(|| missing("AccessKeySecret"))?,
+        security_token: Some(c.security_token.ok_or_else(|| missing("SecurityToken"))?),
+        expiration: Some(parse_expiration(API, &expiration)?),
+    })
 }

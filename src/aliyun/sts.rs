@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::Credential;
 use super::error::{ApiName, CloudError};
-use super::http::{Http, decode};
+use super::http::{Http, Reply, decode};
 use super::rpc::RpcCall;
 
 const VERSION: &str = "2015-04-01";
@@ -78,7 +78,7 @@ impl Sts {
                 call.request(self.http.client(), &self.endpoint, Some(caller))
             })
             .await?;
-        credential(API, decode::<StsAnswer>(API, &reply)?)
+        parse_credentials(API, &reply)
     }
 
     /// AssumeRoleWithOIDC: anonymous, authenticated by the OIDC token alone.
@@ -105,12 +105,13 @@ impl Sts {
                 call.request(self.http.client(), &self.endpoint, None)
             })
             .await?;
-        credential(API, decode::<StsAnswer>(API, &reply)?)
+        parse_credentials(API, &reply)
     }
 }
 
-fn credential(api: ApiName, answer: StsAnswer) -> Result<Credential, CloudError> {
-    let c = answer.credentials;
+/// The answer of AssumeRole or AssumeRoleWithOIDC (`api`): the STS credentials.
+pub fn parse_credentials(api: ApiName, reply: &Reply) -> Result<Credential, CloudError> {
+    let c = decode::<StsAnswer>(api, reply)?.credentials;
     let expiration = parse_expiration(api, &c.expiration)?;
     Ok(Credential {
         access_key_id: c.access_key_id,

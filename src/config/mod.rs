@@ -820,5 +820,42 @@ fn instances(
     out
 }
 
+/// The string data of a ConfigMap manifest, or of a bare mapping.
+pub fn manifest_data(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let doc: serde_json::Value = serde_saphyr::from_str(text)
+        .map_err(|e| format!("not YAML: {}", e.to_string().lines().next().unwrap_or("")))?;
+    let map = match &doc {
+        serde_json::Value::Object(m)
+            if m.get("kind").and_then(|k| k.as_str()) == Some("ConfigMap") =>
+        {
+            match m.get("data") {
+                Some(serde_json::Value::Object(d)) => d.clone(),
+                None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+                Some(_) => return Err("`data` is not a mapping".into()),
+            }
+        }
+        serde_json::Value::Object(m) if m.contains_key("data") && !m.contains_key("kind") => {
+            match m.get("data") {
+                Some(serde_json::Value::Object(d)) => d.clone(),
+                _ => return Err("`data` is not a mapping".into()),
+            }
+        }
+        serde_json::Value::Object(m) if m.contains_key("kind") => {
+            return Err(format!("kind {} is not a ConfigMap", m["kind"]));
+        }
+        serde_json::Value::Object(m) => m.clone(),
+        _ => return Err("expected a ConfigMap manifest".into()),
+    };
+    map.into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => Ok((k, s)),
+            serde_json::Value::Bool(_) | serde_json::Value::Number(_) => Ok((k, v.to_string())),
+            _ => Err(format!(
+                "data.{k} is not a string (ConfigMap values are strings; quote it or use `|`)"
+            )),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;

@@ -453,3 +453,15 @@ fn without_a_cluster_region_instances_need_their_own() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(p.config.instances[0].region, "cn-beijing");
 }
+
+#[test]
+fn manifests_and_bare_maps_give_their_data() {
+    let m = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: acr-configuration\ndata:\n  watch-namespace: all\n  expiring-threshold: 15m\n";
+    let d = manifest_data(m).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d.get("watch-namespace").map(String::as_str), Some("all"));
+    let d = manifest_data("service-account: \"*\"\n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d.get("service-account").map(String::as_str), Some("*"));
+    assert!(manifest_data("kind: Secret\ndata: {}\n").is_err());
+    assert!(manifest_data("data:\n  acr-registry-info:\n    - a\n").is_err());
+    assert!(manifest_data("[1, 2]").is_err());
+}
