@@ -16,7 +16,9 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::core::PartialObjectMeta;
 use tokio::sync::Notify;
 
-use crate::render::{DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE, EXPIRES_AT, INSTANCES, is_managed};
+use crate::render::{
+    DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE, EXPIRES_AT, IDENTITY, INSTANCES, is_managed,
+};
 
 /// The label every namespace carries with its own name: not worth keeping.
 const NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -108,6 +110,7 @@ pub struct SecretState {
     /// Our annotations: when its passwords expire, and the instances they are of.
     pub expires_at: Option<Box<str>>,
     pub instances: Option<Box<str>>,
+    pub identity: Option<Box<str>>,
     /// The relist generation that last saw it.
     pub(crate) seen: u32,
 }
@@ -120,6 +123,7 @@ impl std::fmt::Debug for SecretState {
             .field("managed", &self.managed)
             .field("expires_at", &self.expires_at)
             .field("instances", &self.instances)
+            .field("identity", &self.identity)
             .finish_non_exhaustive()
     }
 }
@@ -336,6 +340,7 @@ impl Index {
             dockerconfigjson,
             expires_at: annotation(EXPIRES_AT),
             instances: annotation(INSTANCES),
+            identity: annotation(IDENTITY),
             seen,
         };
         let state = self.namespaces.entry(key).or_default();
@@ -353,7 +358,8 @@ impl Index {
                     && old.docker_type == next.docker_type
                     && old.dockerconfigjson == next.dockerconfigjson
                     && old.expires_at == next.expires_at
-                    && old.instances == next.instances;
+                    && old.instances == next.instances
+                    && old.identity == next.identity;
                 !same
             }
             None => true,

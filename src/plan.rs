@@ -57,13 +57,15 @@ impl NamespacePlan {
 }
 
 /// Whether the Secret the index holds already has exactly `content`: our label, the type, the
-/// one `.dockerconfigjson` key with the same bytes, and the same expiry and instances annotations.
+/// one `.dockerconfigjson` key with the same bytes, and the same expiry, instances and identity
+/// annotations.
 pub fn holds(secret: &SecretState, content: &SecretContent) -> bool {
     secret.managed
         && secret.docker_type
         && secret.dockerconfigjson.as_deref() == Some(content.dockerconfigjson.as_slice())
         && secret.expires_at.as_deref() == Some(content.expires_at.to_string().as_str())
         && secret.instances.as_deref() == Some(content.instances.join(",").as_str())
+        && secret.identity.as_deref() == Some(content.identity.as_str())
 }
 
 /// The writes that bring namespace `name` in line with `cfg`.

@@ -21,6 +21,28 @@ pub const ANNOTATION_PREFIX: &str = "aliyun-acr-credential-helper/";
 pub const EXPIRES_AT: &str = "aliyun-acr-credential-helper/expires-at";
 /// The instances the Secret holds logins for, comma-separated.
 pub const INSTANCES: &str = "aliyun-acr-credential-helper/instances";
+/// A fingerprint of who the logins were issued to (see [`identity_fingerprint`]): a restarted
+/// controller only takes over logins of the identities configured now.
+pub const IDENTITY: &str = "aliyun-acr-credential-helper/identity";
+
+/// A short fingerprint of `(instance, identity)` pairs: 16 hex digits of a SHA-1 over them. The
+/// identities hold no secret (AccessKey ids and role ARNs); the fingerprint only tells whether
+/// they changed.
+pub fn identity_fingerprint<'a>(parts: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    use sha1::Digest as _;
+    let mut h = sha1::Sha1::new();
+    for (label, identity) in parts {
+        h.update(label.as_bytes());
+        h.update([0]);
+        h.update(identity.as_bytes());
+        h.update([0]);
+    }
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// A login for one registry domain.
 pub struct Login<'a> {
@@ -87,6 +109,8 @@ pub struct SecretContent {
     pub dockerconfigjson: Vec<u8>,
     pub expires_at: Timestamp,
     pub instances: Vec<String>,
+    /// [`identity_fingerprint`] of the logins' identities.
+    pub identity: String,
 }
 
 impl std::fmt::Debug for SecretContent {
@@ -95,6 +119,7 @@ impl std::fmt::Debug for SecretContent {
             .field("dockerconfigjson", &"[REDACTED]")
             .field("expires_at", &self.expires_at)
             .field("instances", &self.instances)
+            .field("identity", &self.identity)
             .finish()
     }
 }
@@ -104,6 +129,7 @@ impl SecretContent {
         BTreeMap::from([
             (EXPIRES_AT.to_owned(), self.expires_at.to_string()),
             (INSTANCES.to_owned(), self.instances.join(",")),
+            (IDENTITY.to_owned(), self.identity.clone()),
         ])
     }
 
@@ -320,6 +346,7 @@ mod tests {
                 .parse()
                 .unwrap_or_else(|e| panic!("{e}")),
             instances: vec!["cri-a".into()],
+            identity: "0123456789abcdef".into(),
         };
         let mut s = content.secret("n", "ns");
         assert!(content.matches(&s));

@@ -256,6 +256,71 @@ async fn custom_access_key_and_assume_role_on_it() {
     assert_eq!(h.fake.calls("MetadataCredentials").await, 0);
 }
 
+/// The principal the first login of `ns`'s Secret was issued to.
+async fn principal_of(h: &Harness, ns: &str) -> String {
+    let doc = h.wait_secret(ns).await;
+    let logins = assert_logins_valid(h, &doc).await;
+    logins
+        .first()
+        .and_then(|l| l["principal"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Polls until `ns`'s Secret holds a login issued to a principal for which `want` holds.
+async fn wait_principal(h: &Harness, ns: &str, what: &str, want: impl Fn(&str) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let p = principal_of(h, ns).await;
+        if want(&p) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{ns}: after 30 s the Secret's login is still of {p}, not {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_new_identity_takes_effect_at_once_and_a_restart_never_adopts_another_identity() {
+    // Long-lived passwords: nothing here may wait for a refresh point.
+    let h = Harness::new("ident", &default_config(), "cluster-admin").await;
+    let ns = TestNamespace::create(&h.client, "ident").await;
+    let plain = format!(
+        "- instanceId: {INSTANCE_ID}\n  customAccessKey: {ACCESS_KEY_ID}\n  customAccessKeySecret: {ACCESS_KEY_SECRET}\n"
+    );
+    let assumed = format!("{plain}  assumeRoleARN: {ROLE_ARN}\n  expireDuration: 3600\n");
+    let h = &h;
+    let ns_name = ns.name.clone();
+    let apply = |info: String| {
+        let ns_name = ns_name.clone();
+        async move {
+            h.apply_config(&[
+                ("acr-registry-info", info.as_str()),
+                ("watch-namespace", ns_name.as_str()),
+            ])
+            .await;
+        }
+    };
+    apply(plain.clone()).await;
+    let c = h.start(&["--token-mode", "workerRole"]);
+    wait_principal(h, &ns.name, "user/ci", |p| p == "user/ci").await;
+
+    // An edit that changes who the logins are issued to: the Secret gets a login of the new
+    // identity now, not at the old login's refresh point (an hour away).
+    apply(assumed.clone()).await;
+    wait_principal(h, &ns.name, ROLE_ARN, |p| p.starts_with(ROLE_ARN)).await;
+    drop(c);
+
+    // Back to the plain AccessKey while no controller runs: the new process finds a fresh Secret
+    // in place, but of another identity, and must not take it over.
+    apply(plain.clone()).await;
+    let _c = h.start(&["--token-mode", "workerRole"]);
+    wait_principal(h, &ns.name, "user/ci", |p| p == "user/ci").await;
+}
+
 #[tokio::test]
 async fn worker_role_hardened_and_plain_fallback_and_assume_role_on_it() {
     let mut cfg = default_config();

@@ -62,6 +62,28 @@ impl Instance {
         }
     }
 
+    /// Who its logins are issued to, without any secret: the AccessKey id, the RRSA and
+    /// assumed role ARNs. Two configurations with the same identity get interchangeable logins.
+    pub fn identity(&self) -> String {
+        let a = &self.auth;
+        let mut out = String::new();
+        if let Some(ak) = &a.custom_access_key {
+            out.push_str("ak=");
+            out.push_str(&ak.id);
+        }
+        if let Some(r) = &a.rrsa {
+            out.push_str(";rrsa=");
+            out.push_str(&r.role_arn);
+            out.push('@');
+            out.push_str(&r.oidc_provider_arn);
+        }
+        if let Some(r) = &a.assume_role {
+            out.push_str(";assume=");
+            out.push_str(&r.role_arn);
+        }
+        out
+    }
+
     pub fn instance_ref(&self) -> crate::credentials::InstanceRef {
         crate::credentials::InstanceRef {
             edition: self.edition.clone(),

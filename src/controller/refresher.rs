@@ -95,6 +95,10 @@ pub struct Slot {
     /// The login was taken over from the Secrets in the cluster (a restart, a new leader), not
     /// fetched: it is refreshed `threshold` before it expires, as its fetcher planned.
     pub adopted: bool,
+    /// The login was obtained under the identity a previous configuration gave this registry:
+    /// it is due for replacement now, and kept only until a login of the new identity comes
+    /// (no Secret loses a working password over a credentials edit).
+    pub superseded: bool,
     pub domains: Option<Vec<String>>,
     pub domains_due: Option<Timestamp>,
     pub failures: u32,
@@ -108,6 +112,7 @@ impl Slot {
             token: None,
             obtained_at: None,
             adopted: false,
+            superseded: false,
             domains: None,
             domains_due: None,
             failures: 0,
@@ -116,13 +121,25 @@ impl Slot {
     }
 
     /// A slot for `instance` that keeps what `old` (the same registry, configured differently:
-    /// other domains or credentials) obtained: its login stays good until it expires.
+    /// other domains or credentials) obtained. With the same identity its login stays good until
+    /// its refresh point; with another one it is replaced at once, and kept until then.
     pub fn carried_over(instance: Instance, old: &Slot) -> Slot {
+        let superseded = old.superseded || old.instance.identity() != instance.identity();
         Slot {
             token: old.token.clone(),
             obtained_at: old.obtained_at,
             adopted: old.adopted,
+            superseded,
             ..Slot::new(instance)
+        }
+    }
+
+    /// Who the slot's login was issued to, for the Secret's identity fingerprint.
+    fn login_identity(&self) -> String {
+        if self.superseded {
+            "superseded".to_owned()
+        } else {
+            self.instance.identity()
         }
     }
 
@@ -130,6 +147,9 @@ impl Slot {
     /// point so a refresh of many Secrets can be spread (see [`spread`]).
     pub fn token_due(&self, threshold: Duration, window: Duration) -> Option<Timestamp> {
         let (token, at) = (self.token.as_ref()?, self.obtained_at?);
+        if self.superseded {
+            return Some(at);
+        }
         let refresh = if self.adopted {
             let t = SignedDuration::try_from(threshold).unwrap_or(SignedDuration::MAX);
             token.usable_until.checked_sub(t).unwrap_or(at).max(at)
@@ -275,7 +295,17 @@ pub fn content_of(slots: &[Slot], must_hold: &BTreeSet<String>) -> Option<Secret
             .min()
             .unwrap_or(Timestamp::MAX),
         instances: ready.iter().map(|s| s.instance.label()).collect(),
+        identity: identity_of(&ready),
     })
+}
+
+/// The identity fingerprint of the logins of `slots`.
+fn identity_of(slots: &[&Slot]) -> String {
+    let parts: Vec<(String, String)> = slots
+        .iter()
+        .map(|s| (s.instance.label(), s.login_identity()))
+        .collect();
+    render::identity_fingerprint(parts.iter().map(|(l, i)| (l.as_str(), i.as_str())))
 }
 
 /// The slots for a new list of instances: the same instance keeps its slot; the same registry
@@ -389,6 +419,7 @@ impl Refresher {
         slot.token = Some(t);
         slot.obtained_at = Some(now);
         slot.adopted = false;
+        slot.superseded = false;
         Ok(())
     }
 
@@ -412,11 +443,12 @@ impl Refresher {
         held
     }
 
-    /// The freshest content of ours in the cluster made for exactly `labels` and not yet due for
-    /// refresh: its `.dockerconfigjson` and expiry.
+    /// The freshest content of ours in the cluster made for exactly `labels` under `identity`
+    /// and not yet due for refresh: its `.dockerconfigjson` and expiry.
     fn adoptable(
         &self,
         labels: &str,
+        identity: &str,
         threshold: Duration,
         now: Timestamp,
     ) -> Option<(Arc<[u8]>, Timestamp)> {
@@ -425,7 +457,11 @@ impl Refresher {
         index
             .namespaces()
             .filter_map(|(_, ns)| ns.secret.as_ref())
-            .filter(|s| s.managed && s.instances.as_deref() == Some(labels))
+            .filter(|s| {
+                s.managed
+                    && s.instances.as_deref() == Some(labels)
+                    && s.identity.as_deref() == Some(identity)
+            })
             .filter_map(|s| {
                 let expires: Timestamp = s.expires_at.as_deref()?.parse().ok()?;
                 Some((s.dockerconfigjson.clone()?, expires))
@@ -578,7 +614,9 @@ impl Refresher {
             if !adoption_tried && slots.iter().all(|s| s.domains.is_some()) {
                 adoption_tried = true;
                 let labels: Vec<String> = slots.iter().map(|s| s.instance.label()).collect();
-                if let Some((bytes, expires)) = self.adoptable(&labels.join(","), threshold, now)
+                let identity = identity_of(&slots.iter().collect::<Vec<_>>());
+                if let Some((bytes, expires)) =
+                    self.adoptable(&labels.join(","), &identity, threshold, now)
                     && adopt(&mut slots, &bytes, expires, now)
                 {
                     tracing::info!(expires_at = %expires, "took over the passwords the Secrets hold; no rewrite until their refresh point");
@@ -894,9 +932,47 @@ mod tests {
         assert!(next[0].token.is_some(), "the login carries over");
         assert!(next[0].domains.is_none(), "the domains are derived again");
         assert!(next[1].token.is_none());
+        assert!(
+            !next[0].superseded,
+            "same identity: no refetch before the refresh point"
+        );
         let (next, gone) = reslot(vec![a.clone()], std::slice::from_ref(&a.instance));
         assert!(gone.is_empty() && next[0].domains.is_some());
         let (next, gone) = reslot(vec![a], &[]);
         assert!(next.is_empty() && gone.len() == 1);
+    }
+
+    #[test]
+    fn a_registry_given_another_identity_is_logged_in_again_at_once() {
+        let a = slot(3600, "2026-11-24T10:00:00Z");
+        let threshold = Duration::from_secs(900);
+        let z = Duration::ZERO;
+        let mut assumed = a.instance.clone();
+        assumed.auth.assume_role = Some(crate::credentials::AssumedRole {
+            role_arn: "acs:ram::1:role/x".into(),
+            duration_seconds: 900,
+        });
+        let (next, _) = reslot(vec![a.clone()], std::slice::from_ref(&assumed));
+        let s = &next[0];
+        assert!(
+            s.superseded && s.token.is_some(),
+            "kept until a new login comes"
+        );
+        assert_eq!(s.token_due(threshold, z), s.obtained_at, "due at once");
+        // Its content says the login is of another identity than the configured one, so a
+        // restarted controller does not take it over either.
+        let mut ready = s.clone();
+        ready.domains = a.domains.clone();
+        let held = BTreeSet::new();
+        let before = content_of(std::slice::from_ref(&a), &held).map(|c| c.identity);
+        let carried = content_of(std::slice::from_ref(&ready), &held).map(|c| c.identity);
+        ready.superseded = false;
+        let fresh = content_of(std::slice::from_ref(&ready), &held).map(|c| c.identity);
+        assert!(before.is_some() && carried.is_some() && fresh.is_some());
+        assert_ne!(before, fresh);
+        assert_ne!(carried, fresh);
+        // Superseded twice is still superseded (another edit before the new login came).
+        let (again, _) = reslot(next, std::slice::from_ref(&assumed));
+        assert!(again[0].superseded);
     }
 }

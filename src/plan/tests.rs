@@ -32,6 +32,7 @@ fn content(password: &str) -> SecretContent {
         }]),
         expires_at: Timestamp::UNIX_EPOCH,
         instances: vec!["cri-a".into()],
+        identity: "0123456789abcdef".into(),
     }
 }
 
@@ -44,6 +45,7 @@ fn secret_state(managed: bool, of: Option<&SecretContent>) -> SecretState {
         dockerconfigjson: of.map(|c| Arc::from(c.dockerconfigjson.as_slice())),
         expires_at: of.map(|c| c.expires_at.to_string().into()),
         instances: of.map(|c| c.instances.join(",").into()),
+        identity: of.map(|c| c.identity.as_str().into()),
         seen: 0,
     }
 }
