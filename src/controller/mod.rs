@@ -240,6 +240,21 @@ impl Term {
         Some((plan, state.clone(), content))
     }
 
+    /// The namespaces with work: a plan that is not empty, or a foreign Secret on our name not
+    /// reported yet.
+    fn due(&self, cfg: &Config, secret_name: &str, desired: Desired<'_>) -> Vec<Arc<str>> {
+        let blocked = lock(&self.blocked);
+        let index = self.shared.index.read();
+        index
+            .namespaces()
+            .filter(|(name, state)| {
+                let plan = plan_namespace(name, state, cfg, secret_name, desired);
+                !plan.is_empty() || (plan.secret == SecretStep::Blocked && !blocked.contains(*name))
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Queues every namespace whose plan is not empty, at once, or (a refresh) at evenly spaced
     /// instants until `spread_until`.
     fn enqueue_all_until(&self, spread_until: Option<Timestamp>) {
@@ -254,16 +269,7 @@ impl Term {
             .as_deref()
             .map_or(Desired::Unavailable, |c| Desired::Content(&c.secret));
         let secret_name = &self.shared.settings.secret_name;
-        let mut due: Vec<Arc<str>> = {
-            let index = self.shared.index.read();
-            index
-                .namespaces()
-                .filter(|(name, state)| {
-                    !plan_namespace(name, state, cfg, secret_name, desired).is_empty()
-                })
-                .map(|(name, _)| name.clone())
-                .collect()
-        };
+        let mut due = self.due(cfg, secret_name, desired);
         due.sort();
         let now = Timestamp::now();
         let at = tokio::time::Instant::now();
@@ -284,16 +290,7 @@ impl Term {
             .as_deref()
             .map_or(Desired::Unavailable, |c| Desired::Content(&c.secret));
         let secret_name = &self.shared.settings.secret_name;
-        let due: Vec<Arc<str>> = {
-            let index = self.shared.index.read();
-            index
-                .namespaces()
-                .filter(|(name, state)| {
-                    !plan_namespace(name, state, cfg, secret_name, desired).is_empty()
-                })
-                .map(|(name, _)| name.clone())
-                .collect()
-        };
+        let due = self.due(cfg, secret_name, desired);
         if !due.is_empty() {
             tracing::debug!(namespaces = due.len(), "queued for reconcile");
         }
