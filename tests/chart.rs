@@ -515,5 +515,6 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
     }
     let _ = controller.kill();
     let _ = controller.wait();
+    support::leaks::file("controller", &dir.join("controller.log"));
     let _ = std::fs::remove_dir_all(&dir);
 }

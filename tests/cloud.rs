@@ -339,6 +339,7 @@ async fn rrsa_with_a_real_service_account_token_from_the_api_server() {
         err.code(),
         Some("AuthenticationFail.OIDCToken.InvalidAudience")
     );
+    support::leaks::text("errors", &format!("{err} {err:?}"));
     assert!(!err.to_string().contains(wrong.expose_secret()));
     let _ = std::fs::remove_dir_all(&token_dir);
 }
@@ -538,6 +539,7 @@ async fn permission_errors_and_malformed_answers_are_not_retried() {
         .await
         .err()
         .unwrap_or_else(|| panic!("NoPermission must fail"));
+    support::leaks::text("errors", &format!("{err} {err:?}"));
     assert_eq!(err.code(), Some("NoPermission"));
     assert_eq!(err.category(), "cloud_auth");
     assert!(err.to_string().contains("RequestId"), "{err}");
@@ -582,6 +584,7 @@ async fn expired_and_forged_credentials_are_rejected_without_leaking_them() {
         .await
         .err()
         .unwrap_or_else(|| panic!("an expired SecurityToken was accepted"));
+    support::leaks::text("errors", &format!("{err} {err:?}"));
     assert_eq!(err.code(), Some("InvalidSecurityToken.Expired"));
 
     // A wrong secret with a valid token: the fake, like Alibaba Cloud, echoes its string to sign
@@ -609,6 +612,7 @@ async fn expired_and_forged_credentials_are_rejected_without_leaking_them() {
         .unwrap_or_else(|| panic!("a forged signature was accepted"));
     assert_eq!(err.code(), Some("SignatureDoesNotMatch"));
     let text = format!("{err} {err:?}");
+    support::leaks::text("errors", &text);
     for secret in [
         good.security_token
             .as_ref()

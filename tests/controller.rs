@@ -799,6 +799,7 @@ async fn a_malformed_edit_keeps_the_previous_config_and_is_reported() {
     let _ = std::fs::remove_file(&file);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    support::leaks::text("errors", &stderr);
     let line = stderr
         .lines()
         .find_map(|l| l.strip_prefix("error: "))

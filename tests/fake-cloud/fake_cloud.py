@@ -33,6 +33,7 @@ import copy
 import hashlib
 import hmac
 import json
+import os
 import re
 import secrets
 import ssl
@@ -147,6 +148,23 @@ class State:
         # registry password -> {username, expires, instance}
         self.registry_passwords: dict[str, dict] = {}
         self.metadata_tokens: dict[str, float] = {}
+        self.record_config_secrets(config)
+
+    # --- the suite's secret-leak audit
+    def record_secret(self, value) -> None:
+        """Appends a secret value this fake was configured with, issued or received to the file
+        ACR_HELPER_LEAK_SECRETS names (the end-to-end suite's leak audit searches every log, Event,
+        metrics page and asserted error for them). One value per line, hex-encoded."""
+        path = os.environ.get("ACR_HELPER_LEAK_SECRETS")
+        if not path or not value:
+            return
+        # One short O_APPEND write per value: lines from several threads never interleave.
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(str(value).encode().hex() + "\n")
+
+    def record_config_secrets(self, config: dict) -> None:
+        for entry in (config.get("access_keys") or {}).values():
+            self.record_secret(entry.get("secret"))
 
     # --- configuration helpers
     def lifetime(self, name: str, default: int) -> int:
@@ -178,6 +196,8 @@ class State:
         ak = "STS.N" + secrets.token_hex(10)
         token = "CAIS" + base64.b64encode(secrets.token_bytes(48)).decode()
         secret = secrets.token_urlsafe(30)
+        self.record_secret(secret)
+        self.record_secret(token)
         expires = now + duration
         with self.lock:
             self.sts_tokens[token] = {
@@ -234,6 +254,7 @@ class State:
         if caller["expires"] is not None:
             expires = min(expires, caller["expires"])
         password = "reg-" + secrets.token_urlsafe(32)
+        self.record_secret(password)
         with self.lock:
             self.registry_passwords[password] = {"username": username, "expires": expires, "instance": instance,
                                                  "principal": caller["principal"]}
@@ -466,6 +487,7 @@ class Handler(BaseHTTPRequestHandler):
             raise CloudError(403, "AuthenticationFail.NoPermission",
                              "The role does not trust this OIDC provider.")
         token = params.get("OIDCToken", "")
+        self.state.record_secret(token)
         claims = verify_oidc_token(token, provider)
         subjects = trust.get("subjects", [])
         if subjects and claims.get("sub") not in subjects:
@@ -632,6 +654,7 @@ class Handler(BaseHTTPRequestHandler):
             with st.lock:
                 if method == "POST":  # shallow merge of top-level keys
                     st.config.update(payload)
+                    st.record_config_secrets(payload)
                 return self.send_json(200, st.config)
         if path == "/_fake/mint-sts":
             # Credentials for a principal, as ACK's managed-role token would carry.

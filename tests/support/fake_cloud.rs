@@ -105,7 +105,11 @@ impl FakeCloud {
         let port_file = dir.0.join("port");
         std::fs::write(&config_path, config.to_string())
             .unwrap_or_else(|e| panic!("write fake config: {e}"));
-        let child = Command::new(python())
+        let mut cmd = Command::new(python());
+        if let Some(secrets) = super::leaks::secrets_file() {
+            cmd.env("ACR_HELPER_LEAK_SECRETS", secrets);
+        }
+        let child = cmd
             .arg(repo_root().join("tests/fake-cloud/fake_cloud.py"))
             .arg("--config")
             .arg(&config_path)

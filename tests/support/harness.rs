@@ -66,10 +66,12 @@ impl ControllerProcess {
     }
 
     pub async fn metrics(&self) -> String {
-        match reqwest::get(format!("{}/metrics", self.metrics_url)).await {
+        let text = match reqwest::get(format!("{}/metrics", self.metrics_url)).await {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => String::new(),
-        }
+        };
+        super::leaks::text("metrics", &text);
+        text
     }
 
     /// The value of one metric line (exact name with labels), if present.
@@ -87,6 +89,7 @@ impl ControllerProcess {
 impl Drop for ControllerProcess {
     fn drop(&mut self) {
         self.kill();
+        super::leaks::file("controller", &self.log);
         if std::thread::panicking() {
             let log = self.log_text();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
@@ -462,6 +465,7 @@ impl Harness {
             .filter(|e| e.type_.as_deref() == Some("Warning"))
             .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("ConfigMap"))
             .filter_map(|e| e.note)
+            .inspect(|n| super::leaks::text("events", n))
             .collect()
     }
 }

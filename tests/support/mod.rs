@@ -10,6 +10,7 @@
 
 pub mod fake_cloud;
 pub mod harness;
+pub mod leaks;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -265,13 +266,15 @@ pub async fn service_account_token(
         }),
         ..Default::default()
     };
-    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns)
+    let token = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns)
         .create_token_request(sa, &PostParams::default(), &req)
         .await
         .unwrap_or_else(|e| panic!("TokenRequest for {ns}/{sa}: {e}"))
         .status
         .and_then(|s| s.token)
-        .unwrap_or_else(|| panic!("TokenRequest for {ns}/{sa} returned no token"))
+        .unwrap_or_else(|| panic!("TokenRequest for {ns}/{sa} returned no token"));
+    leaks::secret(&token);
+    token
 }
 
 /// A kubeconfig at `path` that authenticates as `ns/sa` with a TokenRequest token: how the
