@@ -17,6 +17,10 @@
 #       benchmark raises it so seeding thousands of namespaces is not paced by it).
 #   control-plane.sh down DIR
 #       Stops every process started for DIR, waits for them to exit, and removes DIR.
+#   control-plane.sh restart-apiserver DIR
+#       Stops DIR's kube-apiserver (SIGTERM, waits) and starts it again with the command line
+#       recorded at `up` (DIR/apiserver.cmdline): same flags and port, same etcd and data. Returns
+#       once /readyz answers (the chaos test's "API server restart").
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -165,8 +169,16 @@ cmd_up() {
 apiVersion: audit.k8s.io/v1
 kind: Policy
 # One event per request, once the response is complete; Metadata says who did what to which object.
+# Event objects are kept whole (level Request): the suite's leak audit searches every Event ever
+# recorded for secrets, including those of namespaces deleted since.
 omitStages: ["RequestReceived", "ResponseStarted"]
 rules:
+- level: Request
+  resources:
+  - group: ""
+    resources: ["events"]
+  - group: "events.k8s.io"
+    resources: ["events"]
 - level: Metadata
 EOF
 
@@ -193,6 +205,9 @@ EOF
   write_kubeconfig "$dir/kubeconfig" "$url" "$pki" admin
   wait_for kube-apiserver 120 "$api_pid" curl -sf --cacert "$pki/ca.crt" \
     --cert "$pki/admin.crt" --key "$pki/admin.key" "$url/readyz"
+  # Its exact command line (NUL-separated argv, read once it runs), so restart-apiserver can start
+  # it again the same way.
+  cp "/proc/$api_pid/cmdline" "$dir/apiserver.cmdline"
 
   write_kubeconfig "$dir/kube-controller-manager.kubeconfig" "$url" "$pki" kube-controller-manager
   # Only the controllers a real cluster needs for namespaces and ServiceAccounts to behave as they
@@ -240,8 +255,69 @@ EOF
   echo "$dir"
 }
 
+cmd_restart_apiserver() {
+  # Stops DIR's kube-apiserver (SIGTERM; see below for when it gets SIGKILL) and starts it again with the command line recorded at `up`: same flags, same port, same etcd (its
+  # data untouched). Returns once /readyz answers. The new process replaces the old one in DIR/pids,
+  # so `down` and the owner watcher still stop it.
+  local dir="${1:?usage: control-plane.sh restart-apiserver DIR}"
+  dir="$(cd "$dir" && pwd)"
+  [ -f "$dir/apiserver.cmdline" ] || die "$dir/apiserver.cmdline missing (control plane started before restart-apiserver existed?)"
+  [ -f "$dir/pids" ] || die "$dir/pids missing: is the control plane up?"
+  local old="" pid
+  for pid in $(cat "$dir/pids"); do
+    case "$(head -z -n1 "/proc/$pid/cmdline" 2>/dev/null | tr -d '\0')" in
+      */kube-apiserver | kube-apiserver) old="$pid" ;;
+    esac
+  done
+  local -a cmd
+  mapfile -d '' -t cmd < "$dir/apiserver.cmdline"
+  [ "${#cmd[@]}" -gt 1 ] || die "$dir/apiserver.cmdline is empty"
+  local url
+  url="$(sed -n 's/^export APISERVER_URL=//p' "$dir/env")"
+  [ -n "$url" ] || die "no APISERVER_URL in $dir/env"
+  if [ -n "$old" ]; then
+    # A SIGTERM'd kube-apiserver drains its in-flight requests, flushes and closes its audit log
+    # and stops listening within a second or two, but then keeps its process up to its request
+    # timeout (60 s) waiting for clients' HTTP/2 connections to go away. Once it has stopped
+    # listening and closed the audit log it serves nothing more: it gets 2 s more to exit, then
+    # SIGKILL, so an "API server restart" is an outage of seconds, as on a real node.
+    local logf="$dir/logs/kube-apiserver.log" from stopped_at=""
+    from=$(( $(wc -c < "$logf") + 1 ))
+    kill -TERM "$old" 2>/dev/null || true
+    for _ in $(seq 1 600); do
+      kill -0 "$old" 2>/dev/null || break
+      if [ -z "$stopped_at" ] && tail -c "+$from" "$logf" | grep -q 'HTTPServerStoppedListening' \
+        && tail -c "+$from" "$logf" | grep -q 'audit backend shutdown completed'; then
+        stopped_at=$(date +%s)
+      fi
+      if [ -n "$stopped_at" ] && [ "$(date +%s)" -ge $(( stopped_at + 2 )) ]; then break; fi
+      sleep 0.1
+    done
+    if kill -0 "$old" 2>/dev/null; then
+      [ -n "$stopped_at" ] || log "kube-apiserver $old did not stop serving within 60s; killing it"
+      kill -KILL "$old" 2>/dev/null || true
+      while kill -0 "$old" 2>/dev/null; do sleep 0.1; done
+    fi
+  fi
+  echo "--- restart $(date -u +%FT%TZ) ---" >> "$dir/logs/kube-apiserver.log"
+  "${cmd[@]}" </dev/null >>"$dir/logs/kube-apiserver.log" 2>&1 &
+  local new=$!
+  if [ -n "$old" ]; then
+    sed -i "s/^$old\$/$new/" "$dir/pids"
+  else
+    # Keep the stop order: the API server goes before etcd, after the controller-manager.
+    sed -i "1a $new" "$dir/pids"
+  fi
+  local pki="$dir/pki"
+  wait_for kube-apiserver 120 "$new" curl -sf --cacert "$pki/ca.crt" \
+    --cert "$pki/admin.crt" --key "$pki/admin.key" "$url/readyz" \
+    || die "kube-apiserver did not come back; see $dir/logs/kube-apiserver.log"
+  log "kube-apiserver restarted: pid $old -> $new, ready at $url"
+}
+
 case "${1:-}" in
   up) shift; cmd_up "$@" ;;
   down) shift; cmd_down "$@" ;;
-  *) echo "usage: control-plane.sh up [DIR] [--owner-pid PID] | down DIR" >&2; exit 2 ;;
+  restart-apiserver) shift; cmd_restart_apiserver "$@" ;;
+  *) echo "usage: control-plane.sh up [DIR] [--owner-pid PID] | down DIR | restart-apiserver DIR" >&2; exit 2 ;;
 esac
