@@ -455,6 +455,8 @@ fn log_view(view: &ConfigView) {
             origin = ?f.origin,
             instances = f.config.instances.len(),
             namespaces = ?f.config.namespaces,
+            namespace_selector = f.config.namespace_selector.as_ref().map(ToString::to_string),
+            exclude_namespaces = ?f.config.exclude_namespaces,
             service_accounts = ?f.config.service_accounts,
             threshold_s = f.config.expiring_threshold.as_secs(),
             "configuration in force"

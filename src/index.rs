@@ -83,6 +83,8 @@ pub struct NsState {
 pub struct SaState {
     pub resource_version: Rv,
     pub pull_secrets: Vec<String>,
+    /// Its opt-in or opt-out label ([`crate::config::OPT_LABEL`]), if any.
+    pub opted: Option<bool>,
     pub(crate) seen: u32,
 }
 
@@ -91,6 +93,7 @@ impl SaState {
         SaState {
             resource_version,
             pull_secrets,
+            opted: None,
             seen: 0,
         }
     }
@@ -281,6 +284,13 @@ impl Index {
                 .collect(),
         );
         next.seen = seen;
+        next.opted = crate::config::opt(
+            sa.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(crate::config::OPT_LABEL))
+                .map(String::as_str),
+        );
         let key = self.key(ns);
         let state = self.namespaces.entry(key).or_default();
         let (name, changed) = match state.service_accounts.get_key_value(name) {
@@ -291,7 +301,10 @@ impl Index {
                 }
                 return false;
             }
-            Some((k, old)) => (k.clone(), old.pull_secrets != next.pull_secrets),
+            Some((k, old)) => (
+                k.clone(),
+                old.pull_secrets != next.pull_secrets || old.opted != next.opted,
+            ),
             None => (Arc::from(name), true),
         };
         state.service_accounts.insert(name, next);

@@ -110,7 +110,7 @@ pub fn plan_namespace(
         .service_accounts
         .iter()
         .filter_map(|(sa, state)| {
-            let want = selected && cfg.selects_service_account(sa);
+            let want = selected && cfg.selects_service_account(sa, state.opted);
             if want && !secret_there {
                 return None;
             }

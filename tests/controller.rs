@@ -1066,3 +1066,108 @@ async fn a_restart_with_fresh_secrets_in_place_writes_nothing() {
     assert_eq!(doc["auths"][ENTERPRISE_DOMAINS[0]]["password"], password);
     assert_logins_valid(&h, &doc).await;
 }
+
+/// Sets (`Some`) or removes (`None`) one label of a Namespace (`sa` = None) or a ServiceAccount.
+async fn set_label(client: &Client, ns: &str, sa: Option<&str>, key: &str, value: Option<&str>) {
+    let patch = Patch::Merge(json!({"metadata": {"labels": {key: value}}}));
+    let pp = PatchParams::default();
+    match sa {
+        None => Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .patch(ns, &pp, &patch)
+            .await
+            .map(drop),
+        Some(sa) => {
+            Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns)
+                .patch(sa, &pp, &patch)
+                .await
+                .map(drop)
+        }
+    }
+    .unwrap_or_else(|e| panic!("label {ns}/{sa:?} {key}={value:?}: {e}"));
+}
+
+/// Polls until `check` holds; returns how long it took (the test prints it, never asserts it).
+async fn took(what: &str, check: impl AsyncFn() -> bool) -> f64 {
+    let t = std::time::Instant::now();
+    wait_until(Duration::from_secs(30), what, || check()).await;
+    t.elapsed().as_secs_f64()
+}
+
+#[tokio::test]
+async fn label_selection_follows_label_changes_both_ways() {
+    const OPT: &str = "aliyun-acr-credential-helper/pull-secret";
+    let h = Harness::new("labels", &default_config(), "cluster-admin").await;
+    let x = TestNamespace::create(&h.client, "lbl-x").await;
+    let y = TestNamespace::create(&h.client, "lbl-y").await;
+    for ns in [&x.name, &y.name] {
+        create_sa(&h.client, ns, "builder", &[]).await;
+    }
+    // A unique label, so other tests' namespaces are not selected.
+    let team = format!("team-{}", &h.config_ns.name);
+    set_label(&h.client, &y.name, None, "e2e-team", Some(&team)).await;
+    let _c = h.start(&["--token-mode", "workerRole"]);
+    let selector = format!("e2e-team={team}");
+    h.apply_config(&[
+        ("acr-registry-info", ENTERPRISE),
+        ("namespace-selector", selector.as_str()),
+        ("service-account", "default"),
+    ])
+    .await;
+    h.wait_secret(&y.name).await;
+    h.wait_reference(&y.name, "default", true).await;
+    h.wait_reference(&y.name, "builder", false).await;
+    assert!(!h.secret_exists(&x.name).await, "x is not selected");
+
+    let mut report = Vec::new();
+    // Namespace in by its label.
+    set_label(&h.client, &x.name, None, "e2e-team", Some(&team)).await;
+    let s = took("x selected by its label", async || {
+        h.has_reference(&x.name, "default").await
+    })
+    .await;
+    report.push(format!("namespace labelled in: {s:.2}s"));
+    assert!(h.secret_exists(&x.name).await);
+    // A ServiceAccount opts in, another opts out.
+    set_label(&h.client, &x.name, Some("builder"), OPT, Some("true")).await;
+    let s = took("builder opted in", async || {
+        h.has_reference(&x.name, "builder").await
+    })
+    .await;
+    report.push(format!("ServiceAccount opted in: {s:.2}s"));
+    set_label(&h.client, &x.name, Some("default"), OPT, Some("false")).await;
+    let s = took("default opted out", async || {
+        !h.has_reference(&x.name, "default").await
+    })
+    .await;
+    report.push(format!("ServiceAccount opted out: {s:.2}s"));
+    // The opt-out removed: `service-account` decides again.
+    set_label(&h.client, &x.name, Some("default"), OPT, None).await;
+    let s = took("default back", async || {
+        h.has_reference(&x.name, "default").await
+    })
+    .await;
+    report.push(format!("ServiceAccount opt-out removed: {s:.2}s"));
+    // Namespace out: its Secret and every reference go.
+    set_label(&h.client, &x.name, None, "e2e-team", None).await;
+    let s = took("x cleaned up", async || {
+        !h.secret_exists(&x.name).await
+            && !h.has_reference(&x.name, "default").await
+            && !h.has_reference(&x.name, "builder").await
+    })
+    .await;
+    report.push(format!("namespace label removed (cleaned up): {s:.2}s"));
+    // A namespace that matches opts out, then in again.
+    set_label(&h.client, &y.name, None, OPT, Some("false")).await;
+    let s = took("y opted out", async || {
+        !h.secret_exists(&y.name).await && !h.has_reference(&y.name, "default").await
+    })
+    .await;
+    report.push(format!("namespace opted out (cleaned up): {s:.2}s"));
+    set_label(&h.client, &x.name, None, OPT, Some("true")).await;
+    let s = took("x opted in", async || {
+        h.has_reference(&x.name, "default").await && h.has_reference(&x.name, "builder").await
+    })
+    .await;
+    report.push(format!("namespace opted in: {s:.2}s"));
+    eprintln!("REPORT label changes take effect in: {}", report.join(", "));
+}

@@ -15,12 +15,24 @@ use crate::aliyun::is_region_id;
 use crate::credentials::{AccessKey, AssumedRole, Edition, InstanceAuth, RrsaRole};
 use crate::duration::parse_duration;
 
+pub mod selector;
+pub use selector::LabelSelector;
+
 pub const KEY_WATCH_NAMESPACE: &str = "watch-namespace";
 pub const KEY_SERVICE_ACCOUNT: &str = "service-account";
 pub const KEY_EXPIRING_THRESHOLD: &str = "expiring-threshold";
 pub const KEY_REGISTRY_INFO: &str = "acr-registry-info";
 pub const KEY_RRSA: &str = "rrsa";
 pub const KEY_WEBHOOK: &str = "webhook-configuration";
+/// Beyond the original: namespaces selected by their labels (Kubernetes selector syntax).
+pub const KEY_NAMESPACE_SELECTOR: &str = "namespace-selector";
+/// Beyond the original: namespaces never served, whatever else selects them.
+pub const KEY_EXCLUDE_NAMESPACES: &str = "exclude-namespaces";
+/// Beyond the original: a label on a Namespace or a ServiceAccount, `"true"` to opt in and
+/// `"false"` to opt out (other values are ignored). See [`Config::selects_namespace`].
+pub const OPT_LABEL: &str = "aliyun-acr-credential-helper/pull-secret";
+/// The label every namespace carries with its own name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// Accepted and kept, never an error (the original add-on's legacy keys).
 pub const LEGACY_KEYS: [&str; 3] = ["notify-email", "acr-api-version", "acr-registry"];
 
@@ -129,6 +141,10 @@ impl Default for WebhookConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub namespaces: Selection,
+    /// Namespaces whose labels match are selected too (`namespace-selector`).
+    pub namespace_selector: Option<LabelSelector>,
+    /// Never selected (`exclude-namespaces`).
+    pub exclude_namespaces: BTreeSet<String>,
     pub service_accounts: Selection,
     pub expiring_threshold: Duration,
     pub instances: Vec<Instance>,
@@ -138,15 +154,45 @@ pub struct Config {
     pub legacy: BTreeMap<String, String>,
 }
 
+/// What an [`OPT_LABEL`] value says: `Some(true)` opt in, `Some(false)` opt out.
+pub fn opt(value: Option<&str>) -> Option<bool> {
+    match value {
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        _ => None,
+    }
+}
+
 impl Config {
-    /// Whether namespace `name` (with `labels`) gets the pull Secret.
-    pub fn selects_namespace(&self, name: &str, _labels: &BTreeMap<String, String>) -> bool {
+    /// Whether namespace `name` (with `labels`) gets the pull Secret. In order, the first rule
+    /// that applies decides:
+    /// 1. named in `exclude-namespaces`: no;
+    /// 2. labelled [`OPT_LABEL`]`=false`: no; `=true`: yes;
+    /// 3. named by `watch-namespace` (or it is `all`), or matched by `namespace-selector`: yes;
+    /// 4. otherwise no.
+    pub fn selects_namespace(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        if self.exclude_namespaces.contains(name) {
+            return false;
+        }
+        if let Some(opted) = opt(labels.get(OPT_LABEL).map(String::as_str)) {
+            return opted;
+        }
         self.namespaces.contains(name)
+            || self.namespace_selector.as_ref().is_some_and(|s| {
+                s.matches_with(|k| {
+                    if k == NAMESPACE_NAME_LABEL {
+                        Some(name)
+                    } else {
+                        labels.get(k).map(String::as_str)
+                    }
+                })
+            })
     }
 
-    /// Whether ServiceAccount `name` of a selected namespace gets the reference.
-    pub fn selects_service_account(&self, name: &str) -> bool {
-        self.service_accounts.contains(name)
+    /// Whether ServiceAccount `name` of a selected namespace gets the reference, given its
+    /// [`OPT_LABEL`] (see [`opt`]): an opt-in or opt-out decides, else `service-account` does.
+    pub fn selects_service_account(&self, name: &str, opted: Option<bool>) -> bool {
+        opted.unwrap_or_else(|| self.service_accounts.contains(name))
     }
 }
 
@@ -236,6 +282,8 @@ pub fn parse(
             KEY_REGISTRY_INFO,
             KEY_RRSA,
             KEY_WEBHOOK,
+            KEY_NAMESPACE_SELECTOR,
+            KEY_EXCLUDE_NAMESPACES,
         ]
         .contains(&key.as_str())
             || LEGACY_KEYS.contains(&key.as_str());
@@ -244,14 +292,60 @@ pub fn parse(
         }
     }
 
-    let namespaces = selection(
-        get(KEY_WATCH_NAMESPACE),
-        "all",
-        KEY_WATCH_NAMESPACE,
-        is_dns_label,
-        "a namespace name (a DNS-1123 label)",
-        &mut errors,
-    );
+    let namespace_selector = get(KEY_NAMESPACE_SELECTOR).and_then(|v| match selector::parse(v) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            errors.push(
+                KEY_NAMESPACE_SELECTOR,
+                None,
+                None,
+                format!("a label selector such as `team=a,env in (prod,staging),!legacy`: {e}"),
+            );
+            None
+        }
+    });
+    let mut exclude_namespaces = BTreeSet::new();
+    for (i, item) in get(KEY_EXCLUDE_NAMESPACES)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .enumerate()
+        .filter(|(_, item)| !item.is_empty())
+    {
+        if is_dns_label(item) {
+            exclude_namespaces.insert(item.to_owned());
+        } else {
+            errors.push(
+                KEY_EXCLUDE_NAMESPACES,
+                Some(i),
+                None,
+                format!(
+                    "a comma-separated list of namespace names; item {} is not a DNS-1123 label",
+                    shown(item)
+                ),
+            );
+        }
+    }
+    // With a selector and no `watch-namespace`, the selector alone decides (the `default`
+    // namespace is not added behind the operator's back).
+    let watch = get(KEY_WATCH_NAMESPACE);
+    let namespaces = if watch.is_none() && namespace_selector.is_some() {
+        Selection::Names(BTreeSet::new())
+    } else {
+        selection(
+            watch,
+            "all",
+            KEY_WATCH_NAMESPACE,
+            is_dns_label,
+            "a namespace name (a DNS-1123 label)",
+            &mut errors,
+        )
+    };
+    if namespaces == Selection::All && namespace_selector.is_some() {
+        warnings.push(format!(
+            "{KEY_NAMESPACE_SELECTOR} adds nothing: {KEY_WATCH_NAMESPACE} is all"
+        ));
+    }
     let service_accounts = selection(
         get(KEY_SERVICE_ACCOUNT),
         "*",
@@ -351,6 +445,8 @@ pub fn parse(
     Ok(Parsed {
         config: Config {
             namespaces,
+            namespace_selector,
+            exclude_namespaces,
             service_accounts,
             expiring_threshold,
             instances,

@@ -465,3 +465,177 @@ fn manifests_and_bare_maps_give_their_data() {
     assert!(manifest_data("data:\n  acr-registry-info:\n    - a\n").is_err());
     assert!(manifest_data("[1, 2]").is_err());
 }
+
+/// The README's selection table, row by row: (watch-namespace, namespace-selector,
+/// exclude-namespaces) as given (`None`: key absent), then namespaces (name, labels) and whether
+/// each is selected.
+#[test]
+fn the_namespace_selection_table() {
+    type Row<'a> = (
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+        &'a [(&'a str, &'a [(&'a str, &'a str)], bool)],
+    );
+    let opt_in: &[(&str, &str)] = &[(OPT_LABEL, "true")];
+    let opt_out: &[(&str, &str)] = &[(OPT_LABEL, "false")];
+    let team_a: &[(&str, &str)] = &[("team", "a")];
+    let team_a_out: &[(&str, &str)] = &[("team", "a"), (OPT_LABEL, "false")];
+    let odd: &[(&str, &str)] = &[(OPT_LABEL, "yes")];
+    let rows: &[Row<'_>] = &[
+        // 1. The original keys alone keep their meaning: `default` by default.
+        (
+            None,
+            None,
+            None,
+            &[("default", &[], true), ("team-a", team_a, false)],
+        ),
+        // 2. `all`.
+        (
+            Some("all"),
+            None,
+            None,
+            &[("default", &[], true), ("x", team_a, true)],
+        ),
+        // 3. A list of names.
+        (
+            Some("a,b"),
+            None,
+            None,
+            &[("a", &[], true), ("c", team_a, false)],
+        ),
+        // 4. A selector alone: only what it matches (not `default`).
+        (
+            None,
+            Some("team=a"),
+            None,
+            &[("x", team_a, true), ("default", &[], false)],
+        ),
+        // 5. Names and a selector: either.
+        (
+            Some("b"),
+            Some("team=a"),
+            None,
+            &[("b", &[], true), ("x", team_a, true), ("c", &[], false)],
+        ),
+        // 6. Exclusions win over `all`, names and the selector...
+        (
+            Some("all"),
+            None,
+            Some("kube-system, kube-public"),
+            &[("kube-system", &[], false), ("x", &[], true)],
+        ),
+        (
+            Some("x"),
+            Some("team=a"),
+            Some("x,y"),
+            &[("x", &[], false), ("y", team_a, false)],
+        ),
+        // 7. ...and over a namespace's opt-in.
+        (Some("all"), None, Some("x"), &[("x", opt_in, false)]),
+        // 8. A namespace's opt-out wins over `all`, its name and the selector.
+        (
+            Some("all"),
+            Some("team=a"),
+            None,
+            &[("x", opt_out, false), ("y", team_a_out, false)],
+        ),
+        (Some("x"), None, None, &[("x", opt_out, false)]),
+        // 9. A namespace's opt-in selects it though nothing else does.
+        (Some("a"), None, None, &[("c", opt_in, true)]),
+        (None, Some("team=a"), None, &[("c", opt_in, true)]),
+        // 10. The name label every namespace carries can be selected on.
+        (
+            None,
+            Some("kubernetes.io/metadata.name notin (kube-system)"),
+            None,
+            &[("kube-system", &[], false), ("x", &[], true)],
+        ),
+        // 11. Other values of the opt label are ignored.
+        (
+            Some("a"),
+            None,
+            None,
+            &[("a", odd, true), ("b", odd, false)],
+        ),
+    ];
+    for (i, (watch, selector, exclude, namespaces)) in rows.iter().enumerate() {
+        let mut pairs = Vec::new();
+        if let Some(w) = watch {
+            pairs.push((KEY_WATCH_NAMESPACE, *w));
+        }
+        if let Some(s) = selector {
+            pairs.push((KEY_NAMESPACE_SELECTOR, *s));
+        }
+        if let Some(e) = exclude {
+            pairs.push((KEY_EXCLUDE_NAMESPACES, *e));
+        }
+        let cfg = ok(&pairs).config;
+        for (name, labels, want) in namespaces.iter() {
+            let labels: BTreeMap<String, String> = labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            assert_eq!(
+                cfg.selects_namespace(name, &labels),
+                *want,
+                "row {}: {name} {labels:?} under {pairs:?}",
+                i + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn the_service_account_selection_table() {
+    // (service-account, name, its opt label, selected)
+    let rows = [
+        (None, "default", None, true),
+        (None, "builder", None, false),
+        (Some("default,builder"), "builder", None, true),
+        (Some("*"), "anything", None, true),
+        (Some("default"), "builder", Some(true), true),
+        (Some("default"), "default", Some(false), false),
+        (Some("*"), "anything", Some(false), false),
+    ];
+    for (i, (key, name, opted, want)) in rows.into_iter().enumerate() {
+        let pairs: Vec<(&str, &str)> = key.map(|k| (KEY_SERVICE_ACCOUNT, k)).into_iter().collect();
+        let cfg = ok(&pairs).config;
+        assert_eq!(
+            cfg.selects_service_account(name, opted),
+            want,
+            "row {}: {name} {opted:?} under {key:?}",
+            i + 1
+        );
+    }
+    assert_eq!(opt(Some("true")), Some(true));
+    assert_eq!(opt(Some("false")), Some(false));
+    assert_eq!(opt(Some("True")), None, "label values are exact");
+    assert_eq!(opt(None), None);
+}
+
+#[test]
+fn selection_keys_beyond_the_original_are_validated() {
+    let e = err(&[(KEY_NAMESPACE_SELECTOR, "team in (a")]);
+    assert!(e.starts_with("namespace-selector: a label selector"), "{e}");
+    let e = err(&[(KEY_EXCLUDE_NAMESPACES, "ok, Not_OK")]);
+    assert!(
+        e.contains("exclude-namespaces[1]") && e.contains("\"Not_OK\""),
+        "{e}"
+    );
+    let p = ok(&[
+        (KEY_WATCH_NAMESPACE, "all"),
+        (KEY_NAMESPACE_SELECTOR, "team=a"),
+    ]);
+    assert!(
+        p.warnings.iter().any(|w| w.contains("adds nothing")),
+        "{:?}",
+        p.warnings
+    );
+    // Neither key is "unknown".
+    let p = ok(&[
+        (KEY_NAMESPACE_SELECTOR, "team=a"),
+        (KEY_EXCLUDE_NAMESPACES, "x"),
+    ]);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+}

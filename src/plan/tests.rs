@@ -57,6 +57,13 @@ fn sa(refs: &[&str]) -> SaState {
     )
 }
 
+fn opted(refs: &[&str], opted: bool) -> SaState {
+    SaState {
+        opted: Some(opted),
+        ..sa(refs)
+    }
+}
+
 /// The Secret of a namespace in every state the index can hold.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum SecretCase {
@@ -87,6 +94,8 @@ fn namespace(
             ("with-ours", sa(&["theirs", OURS])),
             ("builder", sa(&["theirs"])),
             ("twice", sa(&[OURS, "theirs", OURS])),
+            ("opted-in", opted(&["theirs"], true)),
+            ("opted-out", opted(&[OURS, "theirs"], false)),
         ]
         .into_iter()
         .map(|(n, s)| (Arc::from(n), s))
@@ -168,7 +177,7 @@ fn check(
     let secret_there = want_secret == SecretStep::Create
         || (selected && matches!(case, SecretCase::Current | SecretCase::Stale));
     for (name, state) in &ns.service_accounts {
-        let want = selected && cfg.selects_service_account(name);
+        let want = selected && cfg.selects_service_account(name, state.opted);
         let ours = state.pull_secrets.iter().filter(|r| *r == OURS).count();
         let step = plan.references.iter().find(|s| s.service_account == *name);
         let expected = match (want, ours) {
@@ -205,8 +214,10 @@ fn a_new_selected_namespace_gets_the_secret_then_references() {
         .filter(|s| !s.add)
         .map(|s| &*s.service_account)
         .collect();
-    assert_eq!(adds, vec!["builder", "default"]);
-    assert_eq!(removes, vec!["twice", "with-ours"]);
+    // The opt-in label adds a ServiceAccount `service-account` does not name; the opt-out label
+    // removes one whatever `service-account` says.
+    assert_eq!(adds, vec!["builder", "default", "opted-in"]);
+    assert_eq!(removes, vec!["opted-out", "twice", "with-ours"]);
 }
 
 #[test]

@@ -23,20 +23,23 @@ pub fn patch_for(
     config: &Config,
     secret_name: &str,
 ) -> Option<json_patch::Patch> {
-    let name = sa
-        .metadata
-        .name
-        .as_deref()
-        .or(sa.metadata.generate_name.as_deref())
-        .unwrap_or_default();
     if !config.selects_namespace(namespace, labels) {
         return None;
     }
-    // A generateName'd ServiceAccount's final name is unknown here; only `*` selects it.
-    if sa.metadata.name.is_none() && config.service_accounts != crate::config::Selection::All {
-        return None;
-    }
-    if !config.service_accounts.contains(name) {
+    let opted = crate::config::opt(
+        sa.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(crate::config::OPT_LABEL))
+            .map(String::as_str),
+    );
+    let selected = match sa.metadata.name.as_deref() {
+        Some(name) => config.selects_service_account(name, opted),
+        // A generateName'd ServiceAccount's final name is unknown here: only its label or `*`
+        // selects it.
+        None => opted.unwrap_or(config.service_accounts == crate::config::Selection::All),
+    };
+    if !selected {
         return None;
     }
     let reference = serde_json::json!({ "name": secret_name });
