@@ -92,13 +92,10 @@ pub fn error_document(data: &[u8]) {
 
 /// An AdmissionReview as the API server sends it to the webhook.
 pub fn admission_review(data: &[u8]) {
-    let Ok(review) = serde_json::from_slice(data) else {
-        return;
-    };
     let map: BTreeMap<String, String> = [
         ("watch-namespace", "all"),
         ("service-account", "*"),
-        ("webhook-configuration", "enable: true"),
+        ("webhook-configuration", "enable: true\npod-injection: true"),
     ]
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -107,8 +104,16 @@ pub fn admission_review(data: &[u8]) {
         return;
     };
     let index = crate::index::Index::default();
-    let answer = crate::webhook::review(review, Some(&parsed.config), "ours", &index);
-    let _ = serde_json::to_vec(&answer);
+    // The same bytes as a ServiceAccount review and as a Pod review.
+    if let Ok(review) = serde_json::from_slice(data) {
+        let answer = crate::webhook::review(review, Some(&parsed.config), "ours", &index);
+        let _ = serde_json::to_vec(&answer);
+    }
+    if let Ok(review) = serde_json::from_slice(data) {
+        let answer =
+            crate::webhook::review_pod(review, Some(&parsed.config), "ours", "kube-system", &index);
+        let _ = serde_json::to_vec(&answer);
+    }
 }
 
 /// A pull Secret's `.dockerconfigjson`, as adopting the logins in place reads it.

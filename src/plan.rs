@@ -106,9 +106,12 @@ pub fn plan_namespace(
     // A reference is only added where our Secret exists or is about to.
     let secret_there = matches!(secret, SecretStep::Create)
         || (selected && ns.secret.as_ref().is_some_and(|s| s.managed));
+    // With `patch-service-accounts: false` no ServiceAccount is ever written (Pod injection
+    // carries the reference instead).
     let references = ns
         .service_accounts
         .iter()
+        .filter(|_| cfg.patch_service_accounts)
         .filter_map(|(sa, state)| {
             let want = selected && cfg.selects_service_account(sa, state.opted);
             if want && !secret_there {

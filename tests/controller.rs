@@ -1171,3 +1171,69 @@ async fn label_selection_follows_label_changes_both_ways() {
     report.push(format!("namespace opted in: {s:.2}s"));
     eprintln!("REPORT label changes take effect in: {}", report.join(", "));
 }
+
+#[tokio::test]
+async fn a_server_side_apply_by_another_manager_keeps_our_reference() {
+    let h = Harness::new("gitops", &default_config(), "cluster-admin").await;
+    let ns = TestNamespace::create(&h.client, "gitops").await;
+    let sas =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(h.client.clone(), &ns.name);
+    // A GitOps tool owns the ServiceAccount, without declaring imagePullSecrets.
+    let apply = |team: &str| {
+        json!({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "app", "labels": {"team": team}},
+        })
+    };
+    let gitops = PatchParams::apply("gitops-tool").force();
+    sas.patch("app", &gitops, &Patch::Apply(&apply("a")))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _c = h.start(&["--token-mode", "workerRole"]);
+    h.apply_config(&[
+        ("acr-registry-info", ENTERPRISE),
+        ("watch-namespace", ns.name.as_str()),
+        ("service-account", "app"),
+    ])
+    .await;
+    h.wait_reference(&ns.name, "app", true).await;
+    // The tool applies again (and changes what it owns): our reference stays.
+    for team in ["a", "b"] {
+        let after = sas
+            .patch("app", &gitops, &Patch::Apply(&apply(team)))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let refs: Vec<String> = after
+            .image_pull_secrets
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(
+            refs,
+            vec![h.secret_name.clone()],
+            "after the tool's apply ({team})"
+        );
+        // Our write is ours in managedFields, under the documented field manager.
+        let managers: Vec<String> = after
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| m.manager)
+            .collect();
+        assert!(
+            managers.iter().any(|m| m == "aliyun-acr-credential-helper"),
+            "{managers:?}"
+        );
+    }
+    // And the controller did not have to write it again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let patches = h
+        .audited_product_writes()
+        .into_iter()
+        .filter(|w| w.resource == "serviceaccounts" && w.name == "app")
+        .count();
+    assert_eq!(patches, 1, "one patch of ours, never repeated");
+}

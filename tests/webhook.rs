@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
@@ -443,4 +443,178 @@ async fn a_client_that_stalls_is_disconnected() {
         "disconnected only after {:?}",
         started.elapsed()
     );
+}
+
+/// A Pod of `sa` with `pull_secrets` of its own and `annotations`.
+fn pod(name: &str, sa: &str, pull_secrets: &[&str], annotations: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "serviceAccountName": sa,
+            "imagePullSecrets": pull_secrets.iter().map(|n| json!({"name": n})).collect::<Vec<_>>(),
+            "containers": [{"name": "c", "image": "fake-registry.cn-hangzhou.cr.aliyuncs.com/ns/app:1"}],
+        },
+    }))
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Creates the Pod and returns the `imagePullSecrets` it was stored with.
+async fn stored(client: &kube::Client, ns: &str, p: &Pod) -> Vec<String> {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), p)
+        .await
+        .unwrap_or_else(|e| panic!("create Pod in {ns}: {e}"))
+        .spec
+        .and_then(|s| s.image_pull_secrets)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect()
+}
+
+#[tokio::test]
+async fn pods_get_the_reference_at_admission_without_any_service_account_write() {
+    let h = Harness::new("whpods", &default_config(), "cluster-admin").await;
+    let watched = TestNamespace::create(&h.client, "wh-pods").await;
+    let other = TestNamespace::create(&h.client, "wh-pods-other").await;
+    for ns in [&watched.name, &other.name] {
+        support::create_service_account(&h.client, ns, "builder", &[]).await;
+        support::create_service_account(&h.client, ns, "unselected", &[]).await;
+    }
+    let port = free_port();
+    let name = format!("acr-helper-{}", h.config_ns.name);
+    let _remove = RemoveWebhook(name.clone());
+    let url = format!("https://127.0.0.1:{port}/mutate");
+    let addr = format!("127.0.0.1:{port}");
+    let mut c = h.start(&[
+        "--token-mode",
+        "workerRole",
+        "--webhook-addr",
+        &addr,
+        "--webhook-url",
+        &url,
+        "--webhook-cert-sans",
+        "127.0.0.1",
+        "--webhook-configuration",
+        &name,
+    ]);
+    // GitOps mode: no ServiceAccount is ever written; Pods carry the reference instead.
+    h.apply_config(&[
+        ("watch-namespace", watched.name.as_str()),
+        ("service-account", "default,builder"),
+        ("acr-registry-info", "- instanceId: cri-fakeinstance0001\n"),
+        ("patch-service-accounts", "false"),
+        ("webhook-configuration", "pod-injection: true\n"),
+    ])
+    .await;
+    h.wait_secret(&watched.name).await;
+
+    // Registered: only the Pod webhook, Ignore, IfNeeded, a short timeout, and the API server
+    // never calls it for the controller's namespace or for opted-out namespaces.
+    let mwcs = Api::<MutatingWebhookConfiguration>::all(h.client.clone());
+    wait_until(Duration::from_secs(30), "the registration", || async {
+        mwcs.get_opt(&name).await.ok().flatten().is_some()
+    })
+    .await;
+    let hooks = mwcs
+        .get(&name)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .webhooks
+        .unwrap_or_default();
+    assert_eq!(hooks.len(), 1, "only the Pod webhook");
+    let hook = &hooks[0];
+    assert_eq!(hook.name, "pods.aliyun-acr-credential-helper.io");
+    assert_eq!(hook.failure_policy.as_deref(), Some("Ignore"));
+    assert_eq!(hook.reinvocation_policy.as_deref(), Some("IfNeeded"));
+    assert_eq!(hook.side_effects, "None");
+    assert_eq!(hook.timeout_seconds, Some(3));
+    assert_eq!(hook.match_conditions.as_ref().map(Vec::len), Some(2));
+
+    // A Pod of a selected ServiceAccount that was never patched: stored with our reference (the
+    // first attempts may race the certificate being loaded).
+    let mut n = 0;
+    wait_until(Duration::from_secs(30), "the Pod webhook to answer", || {
+        n += 1;
+        let p = pod(&format!("probe-{n}"), "builder", &[], json!({}));
+        let (client, ns, ours) = (
+            h.client.clone(),
+            watched.name.clone(),
+            h.secret_name.clone(),
+        );
+        async move { stored(&client, &ns, &p).await == vec![ours] }
+    })
+    .await;
+    let ours = h.secret_name.clone();
+    let sa = Api::<ServiceAccount>::namespaced(h.client.clone(), &watched.name)
+        .get("builder")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        sa.image_pull_secrets.unwrap_or_default().is_empty(),
+        "patch-service-accounts: false writes no ServiceAccount"
+    );
+    // Its own entries stay, in order, ours last.
+    assert_eq!(
+        stored(
+            &h.client,
+            &watched.name,
+            &pod("mine", "default", &["mine", "also"], json!({}))
+        )
+        .await,
+        vec!["mine".to_owned(), "also".to_owned(), ours.clone()]
+    );
+    // Unselected ServiceAccount, unselected namespace, mirror Pod: unchanged.
+    assert!(
+        stored(
+            &h.client,
+            &watched.name,
+            &pod("unsel", "unselected", &[], json!({}))
+        )
+        .await
+        .is_empty()
+    );
+    assert!(
+        stored(
+            &h.client,
+            &other.name,
+            &pod("elsewhere", "builder", &[], json!({}))
+        )
+        .await
+        .is_empty()
+    );
+    // A mirror Pod may not reference a ServiceAccount or Secret (the API server refuses it): had
+    // the webhook added our reference, its creation would fail.
+    let mut mirror = pod(
+        "mirror",
+        "",
+        &[],
+        json!({"kubernetes.io/config.mirror": "abc123"}),
+    );
+    if let Some(spec) = mirror.spec.as_mut() {
+        spec.service_account_name = None;
+        spec.image_pull_secrets = None;
+        spec.node_name = Some("node-a".into());
+    }
+    assert!(stored(&h.client, &watched.name, &mirror).await.is_empty());
+
+    // The webhook process gone, `Ignore`: Pods are still created (without the reference).
+    c.kill();
+    assert!(
+        stored(
+            &h.client,
+            &watched.name,
+            &pod("no-webhook", "builder", &[], json!({}))
+        )
+        .await
+        .is_empty()
+    );
+    // No ServiceAccount write by the controller, from the audit log.
+    let sa_writes: Vec<String> = h
+        .audited_product_writes()
+        .into_iter()
+        .filter(|w| w.resource == "serviceaccounts")
+        .map(|w| format!("{} {}/{}", w.verb, w.namespace, w.name))
+        .collect();
+    assert!(sa_writes.is_empty(), "{sa_writes:?}");
 }

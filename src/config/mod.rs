@@ -28,6 +28,9 @@ pub const KEY_WEBHOOK: &str = "webhook-configuration";
 pub const KEY_NAMESPACE_SELECTOR: &str = "namespace-selector";
 /// Beyond the original: namespaces never served, whatever else selects them.
 pub const KEY_EXCLUDE_NAMESPACES: &str = "exclude-namespaces";
+/// Beyond the original: `"false"` leaves every ServiceAccount alone (no patch by the controller,
+/// no mutation by the ServiceAccount webhook): for GitOps users who rely on Pod injection.
+pub const KEY_PATCH_SERVICE_ACCOUNTS: &str = "patch-service-accounts";
 /// Beyond the original: a label on a Namespace or a ServiceAccount, `"true"` to opt in and
 /// `"false"` to opt out (other values are ignored). See [`Config::selects_namespace`].
 pub const OPT_LABEL: &str = "aliyun-acr-credential-helper/pull-secret";
@@ -122,9 +125,22 @@ impl FailurePolicy {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookConfig {
+    /// The ServiceAccount webhook (`enable`).
     pub enable: bool,
     pub failure_policy: FailurePolicy,
     pub timeout_seconds: u8,
+    /// Beyond the original: the Pod webhook (`pod-injection`), with its own failure policy and
+    /// timeout (`pod-failure-policy`, default Ignore; `pod-timeout-seconds`, default 3).
+    pub pod_injection: bool,
+    pub pod_failure_policy: FailurePolicy,
+    pub pod_timeout_seconds: u8,
+}
+
+impl WebhookConfig {
+    /// Whether any webhook is registered.
+    pub fn any(&self) -> bool {
+        self.enable || self.pod_injection
+    }
 }
 
 impl Default for WebhookConfig {
@@ -133,6 +149,9 @@ impl Default for WebhookConfig {
             enable: false,
             failure_policy: FailurePolicy::Ignore,
             timeout_seconds: 10,
+            pod_injection: false,
+            pod_failure_policy: FailurePolicy::Ignore,
+            pod_timeout_seconds: 3,
         }
     }
 }
@@ -146,6 +165,8 @@ pub struct Config {
     /// Never selected (`exclude-namespaces`).
     pub exclude_namespaces: BTreeSet<String>,
     pub service_accounts: Selection,
+    /// `patch-service-accounts` (default true).
+    pub patch_service_accounts: bool,
     pub expiring_threshold: Duration,
     pub instances: Vec<Instance>,
     pub rrsa_enabled: bool,
@@ -284,6 +305,7 @@ pub fn parse(
             KEY_WEBHOOK,
             KEY_NAMESPACE_SELECTOR,
             KEY_EXCLUDE_NAMESPACES,
+            KEY_PATCH_SERVICE_ACCOUNTS,
         ]
         .contains(&key.as_str())
             || LEGACY_KEYS.contains(&key.as_str());
@@ -355,6 +377,20 @@ pub fn parse(
         &mut errors,
     );
 
+    let patch_service_accounts = match get(KEY_PATCH_SERVICE_ACCOUNTS) {
+        None => true,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(v) if v.eq_ignore_ascii_case("false") => false,
+        Some(v) => {
+            errors.push(
+                KEY_PATCH_SERVICE_ACCOUNTS,
+                None,
+                None,
+                format!("true or false, got {}", shown(v)),
+            );
+            true
+        }
+    };
     let expiring_threshold = match get(KEY_EXPIRING_THRESHOLD) {
         None => DEFAULT_THRESHOLD,
         Some(v) => match parse_duration(v) {
@@ -448,6 +484,7 @@ pub fn parse(
             namespace_selector,
             exclude_namespaces,
             service_accounts,
+            patch_service_accounts,
             expiring_threshold,
             instances,
             rrsa_enabled,
@@ -623,28 +660,55 @@ fn webhook_config(text: &str, errors: &mut Errors, warnings: &mut Vec<String>) -
             return w;
         }
     };
+    let policy =
+        |v: &serde_json::Value, field: &str, errors: &mut Errors| match v.as_str().map(str::trim) {
+            Some(p) if p.eq_ignore_ascii_case("ignore") => Some(FailurePolicy::Ignore),
+            Some(p) if p.eq_ignore_ascii_case("fail") => Some(FailurePolicy::Fail),
+            _ => {
+                errors.push(KEY_WEBHOOK, None, Some(field), "Ignore or Fail");
+                None
+            }
+        };
+    let seconds = |v: &serde_json::Value, field: &str, errors: &mut Errors| match integer(v) {
+        Some(t @ 1..=30) => u8::try_from(t).ok(),
+        _ => {
+            errors.push(
+                KEY_WEBHOOK,
+                None,
+                Some(field),
+                "a whole number of seconds from 1 to 30",
+            );
+            None
+        }
+    };
+    let flag = |v: &serde_json::Value, field: &str, errors: &mut Errors| {
+        let b = boolean(v);
+        if b.is_none() {
+            errors.push(KEY_WEBHOOK, None, Some(field), "true or false");
+        }
+        b
+    };
     for (k, v) in &map {
         match k.as_str() {
-            "enable" => match boolean(v) {
-                Some(b) => w.enable = b,
-                None => errors.push(KEY_WEBHOOK, None, Some("enable"), "true or false"),
-            },
-            "failure-policy" => match v.as_str().map(str::trim) {
-                Some(p) if p.eq_ignore_ascii_case("ignore") => {
-                    w.failure_policy = FailurePolicy::Ignore
-                }
-                Some(p) if p.eq_ignore_ascii_case("fail") => w.failure_policy = FailurePolicy::Fail,
-                _ => errors.push(KEY_WEBHOOK, None, Some("failure-policy"), "Ignore or Fail"),
-            },
-            "timeout-seconds" => match integer(v) {
-                Some(t @ 1..=30) => w.timeout_seconds = u8::try_from(t).unwrap_or(10),
-                _ => errors.push(
-                    KEY_WEBHOOK,
-                    None,
-                    Some("timeout-seconds"),
-                    "a whole number of seconds from 1 to 30",
-                ),
-            },
+            "enable" => w.enable = flag(v, "enable", errors).unwrap_or(w.enable),
+            "failure-policy" => {
+                w.failure_policy = policy(v, "failure-policy", errors).unwrap_or(w.failure_policy);
+            }
+            "timeout-seconds" => {
+                w.timeout_seconds =
+                    seconds(v, "timeout-seconds", errors).unwrap_or(w.timeout_seconds);
+            }
+            "pod-injection" => {
+                w.pod_injection = flag(v, "pod-injection", errors).unwrap_or(w.pod_injection);
+            }
+            "pod-failure-policy" => {
+                w.pod_failure_policy =
+                    policy(v, "pod-failure-policy", errors).unwrap_or(w.pod_failure_policy);
+            }
+            "pod-timeout-seconds" => {
+                w.pod_timeout_seconds =
+                    seconds(v, "pod-timeout-seconds", errors).unwrap_or(w.pod_timeout_seconds);
+            }
             other => warnings.push(format!(
                 "{KEY_WEBHOOK}: unknown field {} is ignored",
                 shown(other)

@@ -197,9 +197,38 @@ fn webhook_configuration() {
         WebhookConfig {
             enable: true,
             failure_policy: FailurePolicy::Fail,
-            timeout_seconds: 5
+            timeout_seconds: 5,
+            pod_injection: false,
+            pod_failure_policy: FailurePolicy::Ignore,
+            pod_timeout_seconds: 3,
         }
     );
+    let p = ok(&[(
+        "webhook-configuration",
+        "pod-injection: true\npod-failure-policy: Fail\npod-timeout-seconds: 2\n",
+    )]);
+    let w = &p.config.webhook;
+    assert!(!w.enable && w.pod_injection && w.any());
+    assert_eq!(
+        (w.pod_failure_policy, w.pod_timeout_seconds),
+        (FailurePolicy::Fail, 2)
+    );
+    for (text, field) in [
+        ("pod-injection: maybe", "pod-injection"),
+        ("pod-failure-policy: Retry", "pod-failure-policy"),
+        ("pod-timeout-seconds: 31", "pod-timeout-seconds"),
+    ] {
+        let e = err(&[("webhook-configuration", text)]);
+        assert!(e.contains(&format!("webhook-configuration.{field}")), "{e}");
+    }
+    assert!(ok(&[]).config.patch_service_accounts);
+    assert!(
+        !ok(&[("patch-service-accounts", "False")])
+            .config
+            .patch_service_accounts
+    );
+    let e = err(&[("patch-service-accounts", "no")]);
+    assert!(e.contains("patch-service-accounts: true or false"), "{e}");
 }
 
 /// Each malformed configuration, and the words its message must contain.

@@ -505,7 +505,7 @@ impl Term {
     async fn configuration_duties(self: Arc<Self>) {
         let mut view = self.shared.view.clone();
         let mut reported: Option<String> = None;
-        let mut registered: Option<crate::config::WebhookConfig> = None;
+        let mut registered: Option<registration::Registration> = None;
         let mut persisted_ok = false;
         // The webhook certificate is checked for renewal every hour.
         let mut hourly = tokio::time::interval(Duration::from_secs(3600));
@@ -524,16 +524,20 @@ impl Term {
                         retry = true;
                     }
                 }
-                if force || registered.as_ref() != Some(&in_force.config.webhook) {
+                let wanted = registration::Registration::of(
+                    &in_force.config,
+                    &self.shared.settings.secret_name,
+                );
+                if force || registered.as_ref() != Some(&wanted) {
                     match registration::reconcile(
                         &self.writer,
                         &self.shared.webhook,
                         &self.shared.settings.config_namespace,
-                        &in_force.config.webhook,
+                        &wanted,
                     )
                     .await
                     {
-                        Ok(()) => registered = Some(in_force.config.webhook.clone()),
+                        Ok(()) => registered = Some(wanted),
                         Err(registration::RegisterError::Write(Error::NotLeader)) => return,
                         Err(e) => {
                             tracing::warn!(error = %e, "could not register the admission webhook");

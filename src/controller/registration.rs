@@ -14,7 +14,9 @@ use super::writes::{FIELD_MANAGER, Writer};
 use crate::config;
 use crate::render::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::webhook::certs::{self, Bundle};
-use crate::webhook::runtime::{WEBHOOK_NAME, WebhookSettings};
+use crate::webhook::runtime::{
+    POD_PATH, POD_WEBHOOK_NAME, SERVICE_ACCOUNT_PATH, WEBHOOK_NAME, WebhookSettings,
+};
 
 /// Why the webhook could not be registered.
 #[derive(Debug, thiserror::Error)]
@@ -27,17 +29,37 @@ pub enum RegisterError {
     Write(#[from] super::Error),
 }
 
+/// What the registration depends on in the configuration in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub webhook: config::WebhookConfig,
+    /// Namespaces the Pod webhook is never called for (`exclude-namespaces`).
+    pub excluded: std::collections::BTreeSet<String>,
+    pub secret_name: String,
+}
+
+impl Registration {
+    pub fn of(cfg: &config::Config, secret_name: &str) -> Registration {
+        Registration {
+            webhook: cfg.webhook.clone(),
+            excluded: cfg.exclude_namespaces.clone(),
+            secret_name: secret_name.to_owned(),
+        }
+    }
+}
+
 /// Leader duty: the certificate Secret exists and is fresh, and the MutatingWebhookConfiguration
-/// matches `webhook` (deleted when disabled). Writes only what differs.
+/// matches `registration` (deleted when no webhook is enabled). Writes only what differs.
 pub async fn reconcile(
     writer: &Writer,
     settings: &WebhookSettings,
     namespace: &str,
-    webhook: &config::WebhookConfig,
+    registration: &Registration,
 ) -> Result<(), RegisterError> {
+    let webhook = &registration.webhook;
     let client = writer.client();
     let mwcs = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    if !webhook.enable {
+    if !webhook.any() {
         if mwcs.get_opt(&settings.configuration_name).await?.is_some() {
             writer
                 .write(mwcs.delete(&settings.configuration_name, &DeleteParams::default()))
@@ -47,7 +69,7 @@ pub async fn reconcile(
         return Ok(());
     }
     let bundle = ensure_certificate(writer, settings, namespace).await?;
-    let desired = webhook_configuration(settings, namespace, webhook, &bundle.ca_cert);
+    let desired = webhook_configuration(settings, namespace, registration, &bundle.ca_cert);
     let current = mwcs.get_opt(&settings.configuration_name).await?;
     if current.as_ref().map(|c| &c.webhooks) == Some(&desired.webhooks) {
         return Ok(());
@@ -56,7 +78,16 @@ pub async fn reconcile(
     writer
         .write(mwcs.patch(&settings.configuration_name, &pp, &Patch::Apply(&desired)))
         .await??;
-    tracing::info!(name = %settings.configuration_name, failure_policy = webhook.failure_policy.as_str(), timeout_s = webhook.timeout_seconds, "webhook registered");
+    tracing::info!(
+        name = %settings.configuration_name,
+        service_accounts = webhook.enable,
+        pods = webhook.pod_injection,
+        failure_policy = webhook.failure_policy.as_str(),
+        timeout_s = webhook.timeout_seconds,
+        pod_failure_policy = webhook.pod_failure_policy.as_str(),
+        pod_timeout_s = webhook.pod_timeout_seconds,
+        "webhook registered"
+    );
     Ok(())
 }
 
@@ -125,27 +156,43 @@ async fn ensure_certificate(
 
 const SANS_ANNOTATION: &str = "aliyun-acr-credential-helper/webhook-cert-sans";
 
+/// Where the API server calls the webhook at `path`: the Service, or `--webhook-url` (the
+/// ServiceAccount webhook's URL; the Pod webhook's is the same with its last path segment
+/// replaced by `mutate-pods`).
+fn client_config(
+    settings: &WebhookSettings,
+    namespace: &str,
+    path: &str,
+    ca_cert: &str,
+) -> serde_json::Value {
+    match &settings.url {
+        Some(url) => {
+            let url = if path == SERVICE_ACCOUNT_PATH {
+                url.clone()
+            } else {
+                let base = url.trim_end_matches('/');
+                let base = base.strip_suffix(SERVICE_ACCOUNT_PATH).unwrap_or(base);
+                format!("{base}{path}")
+            };
+            serde_json::json!({"url": url, "caBundle": base64_encode(ca_cert)})
+        }
+        None => serde_json::json!({
+            "service": {"name": settings.service, "namespace": namespace, "path": path, "port": settings.service_port},
+            "caBundle": base64_encode(ca_cert),
+        }),
+    }
+}
+
 fn webhook_configuration(
     settings: &WebhookSettings,
     namespace: &str,
-    webhook: &config::WebhookConfig,
+    registration: &Registration,
     ca_cert: &str,
 ) -> MutatingWebhookConfiguration {
-    let client_config = match &settings.url {
-        Some(url) => serde_json::json!({"url": url, "caBundle": base64_encode(ca_cert)}),
-        None => serde_json::json!({
-            "service": {"name": settings.service, "namespace": namespace, "path": "/mutate", "port": settings.service_port},
-            "caBundle": base64_encode(ca_cert),
-        }),
-    };
-    let value = serde_json::json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {
-            "name": settings.configuration_name,
-            "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE},
-        },
-        "webhooks": [{
+    let webhook = &registration.webhook;
+    let mut webhooks = Vec::new();
+    if webhook.enable {
+        webhooks.push(serde_json::json!({
             "name": WEBHOOK_NAME,
             "admissionReviewVersions": ["v1"],
             "sideEffects": "None",
@@ -166,8 +213,60 @@ fn webhook_configuration(
                 "resources": ["serviceaccounts"],
                 "scope": "Namespaced",
             }],
-            "clientConfig": client_config,
-        }],
+            "clientConfig": client_config(settings, namespace, SERVICE_ACCOUNT_PATH, ca_cert),
+        }));
+    }
+    if webhook.pod_injection {
+        // The API server does not call it at all for the controller's own namespace, excluded
+        // namespaces, namespaces that opted out, mirror Pods and Pods that already have the
+        // reference. The name list is sorted, so an equal configuration is an equal object.
+        let mut skipped: Vec<&str> = registration.excluded.iter().map(String::as_str).collect();
+        skipped.push(namespace);
+        skipped.sort_unstable();
+        skipped.dedup();
+        let has_ours = format!(
+            "!has(object.spec.imagePullSecrets) || !object.spec.imagePullSecrets.exists(s, has(s.name) && s.name == '{}')",
+            registration.secret_name
+        );
+        webhooks.push(serde_json::json!({
+            "name": POD_WEBHOOK_NAME,
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": webhook.pod_failure_policy.as_str(),
+            "timeoutSeconds": webhook.pod_timeout_seconds,
+            "matchPolicy": "Equivalent",
+            // Another webhook that adds or replaces imagePullSecrets after ours runs again.
+            "reinvocationPolicy": "IfNeeded",
+            "namespaceSelector": {"matchExpressions": [
+                {"key": config::NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": skipped},
+                {"key": config::OPT_LABEL, "operator": "NotIn", "values": ["false"]},
+            ]},
+            "objectSelector": {},
+            "matchConditions": [
+                {"name": "not-a-mirror-pod", "expression": format!(
+                    "!has(object.metadata.annotations) || !('{}' in object.metadata.annotations)",
+                    crate::webhook::MIRROR_ANNOTATION
+                )},
+                {"name": "lacks-the-reference", "expression": has_ours},
+            ],
+            "rules": [{
+                "apiGroups": [""],
+                "apiVersions": ["v1"],
+                "operations": ["CREATE"],
+                "resources": ["pods"],
+                "scope": "Namespaced",
+            }],
+            "clientConfig": client_config(settings, namespace, POD_PATH, ca_cert),
+        }));
+    }
+    let value = serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {
+            "name": settings.configuration_name,
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE},
+        },
+        "webhooks": webhooks,
     });
     serde_json::from_value(value).unwrap_or_default()
 }

@@ -116,6 +116,11 @@ fn every_combination_keeps_the_rules() {
         ("ns selected, every SA", config("ns", "*")),
         ("ns selected, no SA of these", config("ns", "nobody")),
         ("other namespace selected", config("other", "*")),
+        ("ns selected, ServiceAccounts never patched", {
+            let mut c = config("ns", "*");
+            c.patch_service_accounts = false;
+            c
+        }),
     ];
     for (what, cfg) in &configs {
         for exists in [true, false] {
@@ -170,7 +175,7 @@ fn check(
     };
     assert_eq!(plan.secret, want_secret, "{ctx}");
     // References: never touched next to a foreign Secret.
-    if case == SecretCase::Foreign {
+    if case == SecretCase::Foreign || !cfg.patch_service_accounts {
         assert!(plan.references.is_empty(), "{ctx}");
         return;
     }

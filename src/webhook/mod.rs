@@ -1,13 +1,16 @@
-//! The ServiceAccount admission webhook: a new ServiceAccount that the configuration selects is
-//! created already carrying the pull Secret reference, so a Pod admitted right after it never
-//! misses the Secret. It answers from cached state (the last good configuration), never waits on
-//! the cloud, and never rejects a request.
+//! The admission webhooks. The ServiceAccount webhook: a new ServiceAccount that the
+//! configuration selects is created already carrying the pull Secret reference. The Pod webhook
+//! (`pod-injection`, beyond the original): a new Pod whose namespace and ServiceAccount are
+//! selected gets the reference in its own `imagePullSecrets`, whether or not its ServiceAccount
+//! has been patched yet and whether or not it lists Secrets of its own. Both answer from cached
+//! state (the configuration in force and the index), never wait on the cloud or the API server,
+//! and never reject a request.
 
 pub mod certs;
 pub mod runtime;
 pub mod server;
 
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
@@ -64,6 +67,118 @@ fn name_taken(index: &Index, ns: &str) -> bool {
         .is_some_and(|s| !s.managed)
 }
 
+/// The annotation of mirror Pods (the API server's copy of a static Pod): never changed.
+pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// The JSON patch that adds our reference to a Pod being created in `namespace`, if Pod
+/// injection is on, the Pod is not a mirror Pod nor in the controller's own namespace, its
+/// namespace and ServiceAccount are selected, no foreign Secret holds our name there, and the
+/// Pod lacks the reference. Every entry the Pod has stays, in order; ours goes last.
+pub fn pod_patch_for(
+    pod: &Pod,
+    namespace: &str,
+    own_namespace: &str,
+    config: &Config,
+    secret_name: &str,
+    index: &Index,
+) -> Option<json_patch::Patch> {
+    if !config.webhook.pod_injection || namespace == own_namespace {
+        return None;
+    }
+    if pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION))
+    {
+        return None;
+    }
+    let ns = index.namespace(namespace);
+    if ns
+        .and_then(|n| n.secret.as_ref())
+        .is_some_and(|s| !s.managed)
+    {
+        return None;
+    }
+    let empty = std::collections::BTreeMap::new();
+    let labels = ns.map_or(&empty, |n| &n.labels);
+    if !config.selects_namespace(namespace, labels) {
+        return None;
+    }
+    let spec = pod.spec.as_ref()?;
+    let sa = spec
+        .service_account_name
+        .as_deref()
+        .or(spec.service_account.as_deref())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default");
+    let opted = ns
+        .and_then(|n| n.service_accounts.get(sa))
+        .and_then(|s| s.opted);
+    if !config.selects_service_account(sa, opted) {
+        return None;
+    }
+    let reference = serde_json::json!({ "name": secret_name });
+    let op = match &spec.image_pull_secrets {
+        Some(refs) if refs.iter().any(|r| r.name == secret_name) => return None,
+        Some(refs) if !refs.is_empty() => serde_json::json!([
+            {"op": "add", "path": "/spec/imagePullSecrets/-", "value": reference}
+        ]),
+        _ => serde_json::json!([
+            {"op": "add", "path": "/spec/imagePullSecrets", "value": [reference]}
+        ]),
+    };
+    serde_json::from_value(op).ok()
+}
+
+/// Answers one Pod AdmissionReview (see [`pod_patch_for`]). Always allows.
+pub fn review_pod(
+    review: AdmissionReview<Pod>,
+    config: Option<&Config>,
+    secret_name: &str,
+    own_namespace: &str,
+    index: &Index,
+) -> AdmissionReview<DynamicObject> {
+    let request: AdmissionRequest<Pod> = match review.try_into() {
+        Ok(r) => r,
+        Err(e) => return AdmissionResponse::invalid(e.to_string()).into_review(),
+    };
+    let patch = match (&request.operation, &request.object, config) {
+        (Operation::Create, Some(pod), Some(cfg)) => pod_patch_for(
+            pod,
+            request.namespace.as_deref().unwrap_or_default(),
+            own_namespace,
+            cfg,
+            secret_name,
+            index,
+        ),
+        _ => None,
+    };
+    respond(&request, patch, "Pod")
+}
+
+/// Allows `request`, with `patch` when there is one.
+fn respond<T: kube::Resource>(
+    request: &AdmissionRequest<T>,
+    patch: Option<json_patch::Patch>,
+    kind: &str,
+) -> AdmissionReview<DynamicObject> {
+    let response = AdmissionResponse::from(request);
+    match patch {
+        Some(p) => match response.clone().with_patch(p) {
+            Ok(patched) => {
+                tracing::debug!(kind, namespace = ?request.namespace, name = ?request.name, "webhook added the pull Secret reference");
+                patched.into_review()
+            }
+            Err(e) => {
+                tracing::warn!(kind, error = %e, "could not serialize the webhook patch; allowing unchanged");
+                response.into_review()
+            }
+        },
+        None => response.into_review(),
+    }
+}
+
 /// Answers one AdmissionReview from the configuration in force and the index. Always allows;
 /// adds the patch when one applies.
 pub fn review(
@@ -76,9 +191,10 @@ pub fn review(
         Ok(r) => r,
         Err(e) => return AdmissionResponse::invalid(e.to_string()).into_review(),
     };
-    let response = AdmissionResponse::from(&request);
     let patch = match (&request.operation, &request.object, config) {
-        (Operation::Create, Some(sa), Some(cfg)) if cfg.webhook.enable => {
+        (Operation::Create, Some(sa), Some(cfg))
+            if cfg.webhook.enable && cfg.patch_service_accounts =>
+        {
             let ns = request.namespace.as_deref().unwrap_or_default();
             let labels = index
                 .namespace(ns)
@@ -92,19 +208,7 @@ pub fn review(
         }
         _ => None,
     };
-    match patch {
-        Some(p) => match response.clone().with_patch(p) {
-            Ok(patched) => {
-                tracing::debug!(namespace = ?request.namespace, name = ?request.name, "webhook added the pull Secret reference");
-                patched.into_review()
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not serialize the webhook patch; allowing unchanged");
-                response.into_review()
-            }
-        },
-        None => response.into_review(),
-    }
+    respond(&request, patch, "ServiceAccount")
 }
 
 #[cfg(test)]
@@ -282,5 +386,112 @@ mod tests {
             &index,
         ));
         assert_eq!(r["patchType"], "JSONPatch");
+    }
+
+    fn pod(sa: Option<&str>, refs: &[&str], mirror: bool) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "annotations": if mirror {
+                serde_json::json!({MIRROR_ANNOTATION: "x"})
+            } else {
+                serde_json::json!({})
+            }},
+            "spec": {
+                "serviceAccountName": sa,
+                "imagePullSecrets": refs.iter().map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>(),
+                "containers": [],
+            },
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn pod_config(ns: &str, sa: &str, injection: bool) -> Config {
+        let mut c = config(ns, sa, false);
+        c.webhook.pod_injection = injection;
+        c
+    }
+
+    fn pod_refs(p: &Pod, patch: Option<json_patch::Patch>) -> Option<Vec<String>> {
+        let mut doc = serde_json::to_value(p).unwrap_or_default();
+        json_patch::patch(&mut doc, &patch?).unwrap_or_else(|e| panic!("{e}"));
+        Some(
+            doc["spec"]["imagePullSecrets"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|r| r["name"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn pods_get_the_reference_only_when_injection_is_on_and_everything_is_selected() {
+        let on = pod_config("team-a", "default,builder", true);
+        let index = Index::default();
+        let patch = |p: &Pod, ns: &str, cfg: &Config| {
+            pod_refs(p, pod_patch_for(p, ns, "kube-system", cfg, "ours", &index))
+        };
+        let mine = pod(Some("builder"), &["mine", "also"], false);
+        assert_eq!(
+            patch(&mine, "team-a", &on),
+            Some(vec!["mine".into(), "also".into(), "ours".into()]),
+            "appended, in order"
+        );
+        // No serviceAccountName means `default`.
+        assert_eq!(
+            patch(&pod(None, &[], false), "team-a", &on),
+            Some(vec!["ours".into()])
+        );
+        for (p, ns, cfg, why) in [
+            (
+                pod(Some("builder"), &[], false),
+                "team-a",
+                pod_config("team-a", "*", false),
+                "injection off",
+            ),
+            (
+                pod(Some("other"), &[], false),
+                "team-a",
+                on.clone(),
+                "ServiceAccount not selected",
+            ),
+            (
+                pod(Some("builder"), &[], false),
+                "team-b",
+                on.clone(),
+                "namespace not selected",
+            ),
+            (
+                pod(Some("builder"), &[], false),
+                "kube-system",
+                pod_config("all", "*", true),
+                "own namespace",
+            ),
+            (
+                pod(Some("builder"), &[], true),
+                "team-a",
+                on.clone(),
+                "mirror Pod",
+            ),
+            (
+                pod(Some("builder"), &["ours"], false),
+                "team-a",
+                on.clone(),
+                "already there",
+            ),
+        ] {
+            assert_eq!(patch(&p, ns, &cfg), None, "{why}");
+        }
+        // The ServiceAccount's opt label, as the index holds it, decides over `service-account`.
+        let mut index = Index::default();
+        let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "team-a", "name": "builder", "resourceVersion": "1",
+                         "labels": {crate::config::OPT_LABEL: "false"}},
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        index.apply_service_account(&sa);
+        let p = pod(Some("builder"), &[], false);
+        assert!(pod_patch_for(&p, "team-a", "kube-system", &on, "ours", &index).is_none());
     }
 }

@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::routing::post;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::core::DynamicObject;
 use kube::core::admission::AdmissionReview;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -37,8 +37,13 @@ pub struct WebhookSettings {
     pub client_timeout: Duration,
 }
 
-/// The name of the one webhook in the configuration.
+/// The name of the ServiceAccount webhook in the configuration.
 pub const WEBHOOK_NAME: &str = "serviceaccounts.aliyun-acr-credential-helper.io";
+/// The name of the Pod webhook (`pod-injection`).
+pub const POD_WEBHOOK_NAME: &str = "pods.aliyun-acr-credential-helper.io";
+/// The paths they are served at.
+pub const SERVICE_ACCOUNT_PATH: &str = "/mutate";
+pub const POD_PATH: &str = "/mutate-pods";
 
 impl WebhookSettings {
     /// The names the serving certificate must hold.
@@ -60,6 +65,7 @@ struct ServeState {
     view: watch::Receiver<Arc<ConfigView>>,
     index: Arc<SharedIndex>,
     secret_name: String,
+    own_namespace: Arc<str>,
 }
 
 async fn mutate(
@@ -72,6 +78,21 @@ async fn mutate(
         review,
         view.config().map(|c| &**c),
         &s.secret_name,
+        &index,
+    ))
+}
+
+async fn mutate_pod(
+    State(s): State<ServeState>,
+    Json(review): Json<AdmissionReview<Pod>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let view = s.view.borrow().clone();
+    let index = s.index.read();
+    Json(super::review_pod(
+        review,
+        view.config().map(|c| &**c),
+        &s.secret_name,
+        &s.own_namespace,
         &index,
     ))
 }
@@ -115,11 +136,13 @@ pub async fn serve(
     });
 
     let router = axum::Router::new()
-        .route("/mutate", post(mutate))
+        .route(SERVICE_ACCOUNT_PATH, post(mutate))
+        .route(POD_PATH, post(mutate_pod))
         .with_state(ServeState {
             view,
             index,
             secret_name,
+            own_namespace: Arc::from(namespace.as_str()),
         });
     let result = super::server::serve(
         settings.addr,
