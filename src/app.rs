@@ -15,7 +15,7 @@ use crate::aliyun::http::{CallObserver, Http};
 use crate::aliyun::metadata::Metadata;
 use crate::aliyun::sts::Sts;
 use crate::aliyun::{CloudError, is_region_id};
-use crate::cli::{Args, Command};
+use crate::cli::{Args, Command, PlanOutput};
 use crate::config;
 use crate::config_source::{self, SourceSettings};
 use crate::controller::cleanup::{CLEANUP_TIMEOUT, CleanupSettings};
@@ -48,6 +48,7 @@ pub async fn main(args: Args) -> Result<i32, AppError> {
     match args.command.clone().unwrap_or(Command::Run) {
         Command::CheckConfig { file } => Ok(check_config(&file, args.kube.region.as_deref())),
         Command::Cleanup => cleanup(args).await,
+        Command::Plan { file, output } => plan(&args, file.as_deref(), output).await,
         Command::Run => {
             run(args).await?;
             Ok(0)
@@ -393,6 +394,116 @@ async fn run(args: Args) -> Result<(), AppError> {
 
 /// Reads a ConfigMap manifest (or a bare `data` mapping) and validates it; prints what it finds.
 /// Returns the exit code: 0 usable, 1 not usable, 2 unreadable.
+/// Lists every object of `api` matching `lp`, a page at a time.
+async fn list_all<K>(api: &Api<K>, lp: kube::api::ListParams) -> Result<Vec<K>, AppError>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut out = Vec::new();
+    let mut lp = lp.limit(500);
+    loop {
+        let page = api.list(&lp).await?;
+        out.extend(page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => lp = lp.continue_token(&c),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// `plan`: reads the cluster into an index as the watches would, and prints what the
+/// controller's planner decides under the configuration of `file` (or the live one).
+async fn plan(
+    args: &Args,
+    file: Option<&std::path::Path>,
+    output: PlanOutput,
+) -> Result<i32, AppError> {
+    use crate::plan::report::{PlanReport, WebhookSummary};
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+    let client = client(&kube_config().await?, "plan", None)?;
+    let k = &args.kube;
+    let data = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| AppError::Usage(format!("{}: {e}", path.display())))?;
+            config::manifest_data(&text)
+                .map_err(|e| AppError::Usage(format!("{}: {e}", path.display())))?
+        }
+        None => {
+            let cms = Api::<ConfigMap>::namespaced(client.clone(), &k.config_namespace);
+            match cms.get_opt(&k.config_name).await? {
+                Some(cm) => cm.data.unwrap_or_default(),
+                None => {
+                    println!(
+                        "summary: no ConfigMap {}/{}: the controller does nothing",
+                        k.config_namespace, k.config_name
+                    );
+                    return Ok(0);
+                }
+            }
+        }
+    };
+    let report = match config::parse(&data, Some(k.region.as_deref().unwrap_or("cn-hangzhou"))) {
+        Err(errors) => PlanReport::rejected(
+            errors.0.iter().map(ToString::to_string).collect(),
+            Vec::new(),
+        ),
+        Ok(parsed) => {
+            let mut index = crate::index::Index::default();
+            let lp = kube::api::ListParams::default;
+            let namespaces = Api::<Namespace>::all(client.clone());
+            let mut page_params = lp().limit(500);
+            loop {
+                let page = namespaces.list_metadata(&page_params).await?;
+                for ns in &page.items {
+                    index.apply_namespace(ns);
+                }
+                match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                    Some(c) => page_params = page_params.continue_token(&c),
+                    None => break,
+                }
+            }
+            for sa in list_all(&Api::<ServiceAccount>::all(client.clone()), lp()).await? {
+                index.apply_service_account(&sa);
+            }
+            let by_name = lp().fields(&format!("metadata.name={}", k.secret_name));
+            for s in list_all(&Api::<Secret>::all(client.clone()), by_name).await? {
+                index.apply_secret(&s);
+            }
+            let current = Api::<MutatingWebhookConfiguration>::all(client.clone())
+                .get_opt(&args.webhook.webhook_configuration)
+                .await?
+                .map(|m| {
+                    m.webhooks
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|w| WebhookSummary {
+                            name: w.name,
+                            failure_policy: w.failure_policy.unwrap_or_default(),
+                            timeout_seconds: w.timeout_seconds.unwrap_or_default(),
+                        })
+                        .collect()
+                });
+            PlanReport::build(
+                &index,
+                &parsed.config,
+                parsed.warnings,
+                &k.secret_name,
+                current,
+            )
+        }
+    };
+    match output {
+        PlanOutput::Text => print!("{}", report.text()),
+        PlanOutput::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        ),
+    }
+    Ok(if report.accepted { 0 } else { 1 })
+}
+
 pub fn check_config(path: &std::path::Path, region: Option<&str>) -> i32 {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,

@@ -141,6 +141,25 @@ pub enum Command {
         /// A YAML file holding the ConfigMap (or just its `data`).
         file: PathBuf,
     },
+    /// Print what the controller would do under a configuration, from the live cluster (read
+    /// only; never calls the cloud): namespaces that gain or lose the Secret, ServiceAccounts that
+    /// gain or lose the reference, webhook registration changes, and the errors check-config
+    /// would report. Uses the controller's own decision code. Exits 0, or 1 when the
+    /// configuration would be rejected.
+    Plan {
+        /// A YAML file holding the ConfigMap (or just its `data`); default: the live ConfigMap.
+        file: Option<PathBuf>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: PlanOutput,
+    },
+}
+
+/// `plan`'s output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanOutput {
+    Text,
+    Json,
 }
 
 /// What the controller reads and writes in the cluster.

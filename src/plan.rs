@@ -1,6 +1,6 @@
 //! What to write in a namespace: a pure function of the configuration in force, what the index
 //! knows of the namespace, and the Secret content the credentials give. The controller executes
-//! it; `plan` would print it. No I/O here.
+//! it; the `plan` command prints it ([`report`]). No I/O here.
 
 use std::sync::Arc;
 
@@ -126,6 +126,8 @@ pub fn plan_namespace(
         .collect();
     NamespacePlan { secret, references }
 }
+
+pub mod report;
 
 #[cfg(test)]
 mod tests;

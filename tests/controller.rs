@@ -1237,3 +1237,190 @@ async fn a_server_side_apply_by_another_manager_keeps_our_reference() {
         .count();
     assert_eq!(patches, 1, "one patch of ours, never repeated");
 }
+
+/// A ServiceAccount `planner` in the configuration namespace that may only read what `plan`
+/// reads (Secrets and the MutatingWebhookConfiguration by name), and a kubeconfig for it.
+async fn read_only_planner(h: &Harness, kubeconfig: &std::path::Path, mwc: &str) {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let ns = &h.config_ns.name;
+    create_sa(&h.client, ns, "planner", &[]).await;
+    let name = format!("planner-{ns}");
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "rules": [
+            {"apiGroups": [""], "resources": ["namespaces", "serviceaccounts"], "verbs": ["get", "list"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"], "resourceNames": [h.secret_name]},
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"], "resourceNames": ["acr-configuration"]},
+            {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"], "verbs": ["get"], "resourceNames": [mwc]},
+        ],
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": "planner", "namespace": ns}],
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let pp = PatchParams::apply("e2e-test").force();
+    Api::<ClusterRole>::all(h.client.clone())
+        .patch(&name, &pp, &Patch::Apply(&role))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    Api::<ClusterRoleBinding>::all(h.client.clone())
+        .patch(&name, &pp, &Patch::Apply(&binding))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    support::service_account_kubeconfig(ns, "planner", kubeconfig).await;
+}
+
+#[tokio::test]
+async fn plan_predicts_exactly_what_the_controller_then_writes() {
+    let h = Harness::new("plan", &default_config(), "cluster-admin").await;
+    let a = TestNamespace::create(&h.client, "plan-a").await;
+    let b = TestNamespace::create(&h.client, "plan-b").await;
+    let c = TestNamespace::create(&h.client, "plan-c").await;
+    for ns in [&a.name, &b.name, &c.name] {
+        create_sa(&h.client, ns, "builder", &[]).await;
+    }
+    let mwc = format!("acr-helper-{}", h.config_ns.name);
+    let _c = h.start(&[
+        "--token-mode",
+        "workerRole",
+        "--webhook-configuration",
+        &mwc,
+    ]);
+    let served = format!("{},{}", a.name, b.name);
+    h.apply_config(&[
+        ("acr-registry-info", ENTERPRISE),
+        ("watch-namespace", served.as_str()),
+        ("service-account", "default"),
+    ])
+    .await;
+    for ns in [&a.name, &b.name] {
+        h.wait_reference(ns, "default", true).await;
+    }
+
+    // The edit: `a` narrowed away, `c` widened in, `b` left alone but one more ServiceAccount.
+    let next = format!("{},{}", b.name, c.name);
+    let dir = std::env::temp_dir().join(format!("plan-{}", h.config_ns.name));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.join("cm.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: acr-configuration\ndata:\n  acr-registry-info: |\n    - instanceId: cri-fakeinstance0001\n  watch-namespace: {next}\n  service-account: default,builder\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = dir.join("kubeconfig");
+    read_only_planner(&h, &kubeconfig, &mwc).await;
+    let run_plan = |output: &str| {
+        let out = std::process::Command::new(BINARY)
+            .arg("plan")
+            .arg(&file)
+            .args(["-o", output])
+            .args(["--config-namespace", &h.config_ns.name])
+            .args(["--secret-name", &h.secret_name])
+            .args(["--webhook-configuration", &mwc])
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("ACR_HELPER_LOG_LEVEL")
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "plan: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = run_plan("text");
+    eprintln!("plan output:\n{text}");
+    let report: Value = serde_json::from_str(&run_plan("json")).unwrap_or_else(|e| panic!("{e}"));
+    let planned_at = jiff::Timestamp::now();
+    // What the plan says, as the writes it implies.
+    let mut planned = std::collections::BTreeSet::new();
+    for n in report["namespaces"].as_array().cloned().unwrap_or_default() {
+        let ns = n["namespace"].as_str().unwrap_or_default().to_owned();
+        match n["secret"].as_str() {
+            Some("create") => planned.insert(format!("create secrets {ns}/{}", h.secret_name)),
+            Some("delete") => planned.insert(format!("delete secrets {ns}/{}", h.secret_name)),
+            Some(other) => panic!("unexpected {other} in {n}"),
+            None => false,
+        };
+        for key in ["addReference", "removeReference"] {
+            for sa in n[key].as_array().cloned().unwrap_or_default() {
+                planned.insert(format!(
+                    "patch serviceaccounts {ns}/{}",
+                    sa.as_str().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    let expected: std::collections::BTreeSet<String> = [
+        format!("delete secrets {}/{}", a.name, h.secret_name),
+        format!("patch serviceaccounts {}/default", a.name),
+        format!("patch serviceaccounts {}/builder", b.name),
+        format!("create secrets {}/{}", c.name, h.secret_name),
+        format!("patch serviceaccounts {}/default", c.name),
+        format!("patch serviceaccounts {}/builder", c.name),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(planned, expected, "the plan");
+    assert!(
+        text.contains("summary: 1 namespace(s) gain the Secret, 1 lose it, 0 blocked; 3 ServiceAccount(s) gain the reference, 1 lose it; webhook unchanged"),
+        "{text}"
+    );
+
+    // Apply the same edit: the writes the audit log shows are exactly the plan.
+    h.apply_config(&[
+        ("acr-registry-info", ENTERPRISE),
+        ("watch-namespace", next.as_str()),
+        ("service-account", "default,builder"),
+    ])
+    .await;
+    wait_until(Duration::from_secs(30), "the edit applied", || async {
+        !h.secret_exists(&a.name).await
+            && h.has_reference(&c.name, "builder").await
+            && h.has_reference(&c.name, "default").await
+            && h.has_reference(&b.name, "builder").await
+            && !h.has_reference(&a.name, "default").await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ours = [&a.name, &b.name, &c.name];
+    let done: std::collections::BTreeSet<String> = h
+        .audited_product_writes()
+        .into_iter()
+        .filter(|w| w.at > planned_at && ours.contains(&&w.namespace) && w.code < 300)
+        .filter(|w| w.resource == "serviceaccounts" || w.name == h.secret_name)
+        .map(|w| format!("{} {} {}/{}", w.verb, w.resource, w.namespace, w.name))
+        .collect();
+    assert_eq!(
+        done, planned,
+        "what the controller wrote (audit log) vs the plan"
+    );
+
+    // A rejected edit: the errors, nothing would change, exit 1.
+    std::fs::write(&file, "data:\n  expiring-threshold: soon\n").unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new(BINARY)
+        .arg("plan")
+        .arg(&file)
+        .args([
+            "--config-namespace",
+            &h.config_ns.name,
+            "--secret-name",
+            &h.secret_name,
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("error: expiring-threshold") && stdout.contains("nothing would change"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
