@@ -35,6 +35,45 @@ impl Drop for RemoveWebhook {
     }
 }
 
+/// A webhook served on a free loopback port and registered under this test's own name (removed
+/// when the test ends): the name and the controller flags that say so.
+struct Served {
+    name: String,
+    args: Vec<String>,
+    _remove: RemoveWebhook,
+}
+
+impl Served {
+    fn new(h: &Harness) -> Served {
+        let port = free_port();
+        let name = format!("acr-helper-{}", h.config_ns.name);
+        let args = [
+            "--token-mode",
+            "workerRole",
+            "--webhook-addr",
+            &format!("127.0.0.1:{port}"),
+            "--webhook-url",
+            &format!("https://127.0.0.1:{port}/mutate"),
+            "--webhook-cert-sans",
+            "127.0.0.1",
+            "--webhook-configuration",
+            &name,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        Served {
+            _remove: RemoveWebhook(name.clone()),
+            name,
+            args,
+        }
+    }
+
+    fn flags(&self) -> Vec<&str> {
+        self.args.iter().map(String::as_str).collect()
+    }
+}
+
 #[tokio::test]
 async fn new_service_accounts_are_created_with_the_reference() {
     let h = Harness::new("webhook", &default_config(), "cluster-admin").await;
@@ -251,23 +290,9 @@ async fn no_reference_where_a_foreign_secret_holds_the_name() {
     let watched = TestNamespace::create(&h.client, "wh-foreign").await;
     // A selected namespace without a foreign Secret: proof that the webhook answers at all.
     let control = TestNamespace::create(&h.client, "wh-control").await;
-    let port = free_port();
-    let name = format!("acr-helper-{}", h.config_ns.name);
-    let _remove = RemoveWebhook(name.clone());
-    let url = format!("https://127.0.0.1:{port}/mutate");
-    let addr = format!("127.0.0.1:{port}");
-    let _c = h.start(&[
-        "--token-mode",
-        "workerRole",
-        "--webhook-addr",
-        &addr,
-        "--webhook-url",
-        &url,
-        "--webhook-cert-sans",
-        "127.0.0.1",
-        "--webhook-configuration",
-        &name,
-    ]);
+    let served = Served::new(&h);
+    let name = served.name.clone();
+    let _c = h.start(&served.flags());
     // Someone else's Secret holds our name in the namespace.
     let foreign: Secret = serde_json::from_value(json!({
         "metadata": {"name": h.secret_name},
@@ -481,23 +506,9 @@ async fn pods_get_the_reference_at_admission_without_any_service_account_write()
         support::create_service_account(&h.client, ns, "builder", &[]).await;
         support::create_service_account(&h.client, ns, "unselected", &[]).await;
     }
-    let port = free_port();
-    let name = format!("acr-helper-{}", h.config_ns.name);
-    let _remove = RemoveWebhook(name.clone());
-    let url = format!("https://127.0.0.1:{port}/mutate");
-    let addr = format!("127.0.0.1:{port}");
-    let mut c = h.start(&[
-        "--token-mode",
-        "workerRole",
-        "--webhook-addr",
-        &addr,
-        "--webhook-url",
-        &url,
-        "--webhook-cert-sans",
-        "127.0.0.1",
-        "--webhook-configuration",
-        &name,
-    ]);
+    let served = Served::new(&h);
+    let name = served.name.clone();
+    let mut c = h.start(&served.flags());
     // GitOps mode: no ServiceAccount is ever written; Pods carry the reference instead.
     h.apply_config(&[
         ("watch-namespace", watched.name.as_str()),

@@ -1039,5 +1039,17 @@ pub fn manifest_data(text: &str) -> Result<BTreeMap<String, String>, String> {
         .collect()
 }
 
+/// The configuration of `pairs` (ConfigMap keys and values), for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn for_test(pairs: &[(&str, &str)]) -> Config {
+    let data: BTreeMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    parse(&data, Some("cn-hangzhou"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config
+}
+
 #[cfg(test)]
 mod tests;

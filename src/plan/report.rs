@@ -246,17 +246,8 @@ impl PlanReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
-    fn cfg(pairs: &[(&str, &str)]) -> Config {
-        let data: BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        crate::config::parse(&data, Some("cn-hangzhou"))
-            .unwrap_or_else(|e| panic!("{e}"))
-            .config
-    }
+    use crate::config::for_test as cfg;
 
     fn index() -> Index {
         let mut i = Index::default();

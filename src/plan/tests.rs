@@ -10,16 +10,10 @@ use crate::render::{self, Login, MANAGED_BY_VALUE};
 const OURS: &str = "acr";
 
 fn config(namespaces: &str, service_accounts: &str) -> Config {
-    let data: BTreeMap<String, String> = [
+    crate::config::for_test(&[
         ("watch-namespace", namespaces),
         ("service-account", service_accounts),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    crate::config::parse(&data, Some("cn-hangzhou"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .config
+    ])
 }
 
 fn content(password: &str) -> SecretContent {

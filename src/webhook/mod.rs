@@ -217,24 +217,16 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn config(ns: &str, sa: &str, enable: bool) -> Config {
-        let data: BTreeMap<String, String> = [
+        let webhook = if enable {
+            "enable: true"
+        } else {
+            "enable: false"
+        };
+        crate::config::for_test(&[
             ("watch-namespace", ns),
             ("service-account", sa),
-            (
-                "webhook-configuration",
-                if enable {
-                    "enable: true"
-                } else {
-                    "enable: false"
-                },
-            ),
-        ]
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-        crate::config::parse(&data, Some("cn-hangzhou"))
-            .unwrap_or_else(|e| panic!("{e}"))
-            .config
+            ("webhook-configuration", webhook),
+        ])
     }
 
     fn sa(name: Option<&str>, refs: Option<&[&str]>) -> ServiceAccount {
