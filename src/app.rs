@@ -49,6 +49,7 @@ pub async fn main(args: Args) -> Result<i32, AppError> {
         Command::CheckConfig { file } => Ok(check_config(&file, args.kube.region.as_deref())),
         Command::Cleanup => cleanup(args).await,
         Command::Plan { file, output } => plan(&args, file.as_deref(), output).await,
+        Command::CredentialProvider(p) => Ok(credential_provider(&args, &p).await),
         Command::Run => {
             run(args).await?;
             Ok(0)
@@ -394,6 +395,83 @@ async fn run(args: Args) -> Result<(), AppError> {
 
 /// Reads a ConfigMap manifest (or a bare `data` mapping) and validates it; prints what it finds.
 /// Returns the exit code: 0 usable, 1 not usable, 2 unreadable.
+/// `credential-provider`: one request on stdin, one response on stdout; exit 1 with a one-line
+/// message on stderr (never a secret) when it cannot answer.
+async fn credential_provider(args: &Args, p: &crate::cli::ProviderArgs) -> i32 {
+    match credential_provider_answer(args, p).await {
+        Ok(json) => {
+            println!("{json}");
+            0
+        }
+        Err(e) => {
+            eprintln!("aliyun-acr-credential-helper credential-provider: {e}");
+            1
+        }
+    }
+}
+
+async fn credential_provider_answer(
+    args: &Args,
+    p: &crate::cli::ProviderArgs,
+) -> Result<String, crate::provider::ProviderError> {
+    use crate::provider::{self, ProviderConfig, ProviderError};
+    let mut instances = std::collections::BTreeMap::new();
+    for item in &p.instances {
+        let (host, target) = item.split_once('=').ok_or_else(|| {
+            ProviderError::Config(format!(
+                "--instance {item:?} is not HOST=INSTANCE_ID[@REGION]"
+            ))
+        })?;
+        let (id, region) = match target.split_once('@') {
+            Some((id, r)) => (id, Some(r.to_owned())),
+            None => (target, None),
+        };
+        if !id.starts_with("cri-") || region.as_deref().is_some_and(|r| !is_region_id(r)) {
+            return Err(ProviderError::Config(format!(
+                "--instance {item:?}: expected HOST=cri-...[@region-id]"
+            )));
+        }
+        instances.insert(host.trim().to_ascii_lowercase(), (id.to_owned(), region));
+    }
+    let cfg = ProviderConfig {
+        instances,
+        region: args.kube.region.clone(),
+        oidc_provider_arn: p.oidc_provider_arn.clone(),
+        role_annotation: p.role_annotation.clone(),
+        assume_role_arn: p.assume_role_arn.clone(),
+        duration_seconds: p.duration_seconds,
+    };
+    // One small JSON document; the kubelet closes stdin after it.
+    let mut input = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::io::stdin(), 1 << 20),
+        &mut input,
+    )
+    .map_err(|e| ProviderError::Request(format!("reading stdin: {e}")))?;
+    let request = provider::api::parse_request(&input).map_err(ProviderError::Request)?;
+    let endpoints = args.cloud.endpoints()?;
+    let http = Http::new(&args.cloud.http_options())?;
+    let node = match &p.access_key_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ProviderError::Config(format!("--access-key-file {}: {e}", path.display()))
+            })?;
+            provider::NodeIdentity::AccessKey(provider::parse_access_key_file(&text)?)
+        }
+        None => provider::NodeIdentity::Metadata(Metadata::new(
+            http.clone(),
+            endpoints.metadata.clone(),
+            args.cloud.metadata_hardened_only,
+        )),
+    };
+    let clients = provider::Clients {
+        sts: Sts::new(http.clone(), endpoints.sts.clone()),
+        cr: Cr::new(http, endpoints.cr_template.clone()),
+        node,
+    };
+    Ok(provider::answer(&request, &cfg, &clients).await?.to_json())
+}
+
 /// Lists every object of `api` matching `lp`, a page at a time.
 async fn list_all<K>(api: &Api<K>, lp: kube::api::ListParams) -> Result<Vec<K>, AppError>
 where

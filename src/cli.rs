@@ -153,6 +153,46 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "text")]
         output: PlanOutput,
     },
+    /// A kubelet image credential provider (credentialprovider.kubelet.k8s.io/v1): reads a
+    /// CredentialProviderRequest on stdin, writes a CredentialProviderResponse on stdout. No Secret
+    /// is written anywhere. See the README's "kubelet credential provider" section.
+    CredentialProvider(ProviderArgs),
+}
+
+/// The credential provider's configuration (its `args`/`env` in the CredentialProviderConfig).
+#[derive(Debug, Clone, ClapArgs)]
+pub struct ProviderArgs {
+    /// An Enterprise Edition registry host and its instance: HOST=INSTANCE_ID, or
+    /// HOST=INSTANCE_ID@REGION when the host does not name its region (custom domains). Repeat it
+    /// for each host (public, -vpc, custom); Personal Edition hosts need none.
+    #[arg(
+        long = "instance",
+        env = "ACR_HELPER_PROVIDER_INSTANCES",
+        value_delimiter = ','
+    )]
+    pub instances: Vec<String>,
+    /// The cluster's RRSA OIDC provider ARN; required for Pods' ServiceAccount tokens (KEP-4412).
+    #[arg(long, env = "ALIBABA_CLOUD_OIDC_PROVIDER_ARN")]
+    pub oidc_provider_arn: Option<String>,
+    /// The ServiceAccount annotation naming the RAM role (a name in the OIDC provider's account,
+    /// or a whole ARN).
+    #[arg(
+        long,
+        env = "ACR_HELPER_PROVIDER_ROLE_ANNOTATION",
+        default_value = crate::provider::ROLE_ANNOTATION
+    )]
+    pub role_annotation: String,
+    /// A role assumed on top of the identity obtained (cross-account).
+    #[arg(long, env = "ACR_HELPER_PROVIDER_ASSUME_ROLE_ARN")]
+    pub assume_role_arn: Option<String>,
+    /// An AccessKey file (JSON AccessKeyId/AccessKeySecret) to use instead of the node's RAM role
+    /// when no ServiceAccount token comes.
+    #[arg(long, env = "ACR_HELPER_PROVIDER_ACCESS_KEY_FILE")]
+    pub access_key_file: Option<PathBuf>,
+    /// The lifetime asked for assumed roles, in seconds (900-43200).
+    #[arg(long, env = "ACR_HELPER_PROVIDER_DURATION_SECONDS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u32).range(900..=43200))]
+    pub duration_seconds: u32,
 }
 
 /// `plan`'s output format.

@@ -22,6 +22,7 @@ pub const TARGETS: &[Target] = &[
     ("error_document", error_document),
     ("admission_review", admission_review),
     ("dockerconfigjson", dockerconfigjson),
+    ("provider_request", provider_request),
 ];
 
 fn text(data: &[u8]) -> String {
@@ -119,4 +120,17 @@ pub fn admission_review(data: &[u8]) {
 /// A pull Secret's `.dockerconfigjson`, as adopting the logins in place reads it.
 pub fn dockerconfigjson(data: &[u8]) {
     let _ = crate::render::parse_logins(data);
+}
+
+/// A kubelet `CredentialProviderRequest`, and the routing of its image.
+pub fn provider_request(data: &[u8]) {
+    if let Ok(r) = crate::provider::api::parse_request(data) {
+        let cfg = crate::provider::ProviderConfig::default();
+        let _ = crate::provider::route(&r.image, &cfg);
+        let _ = crate::provider::role_arn(
+            &r.service_account_annotations,
+            crate::provider::ROLE_ANNOTATION,
+            "acs:ram::1:oidc-provider/x",
+        );
+    }
 }

@@ -18,6 +18,7 @@ pub mod kube_errors;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+pub mod provider;
 pub mod render;
 pub mod server;
 pub mod telemetry;

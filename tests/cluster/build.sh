@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local control plane's binaries (kube-apiserver, kube-controller-manager, kubectl,
 # etcd, helm) from the Go modules pinned in ./k8s and ./helm, and the scale benchmark's client
-# (benchtool, ./k8s/benchtool, on client-go of the same release), once, into a cache directory
+# (benchtool, ./k8s/benchtool, on client-go of the same release) and the kubelet-code judge of
+# image credentials (credprovider, ./k8s/credprovider), once, into a cache directory
 # outside the repository keyed by the pinned versions and sources. Later runs find them and return
 # at once. Prints the bin directory on stdout.
 #
@@ -11,12 +12,13 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache_root="${ACR_HELPER_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/aliyun-acr-credential-helper}"
 
 # The key covers everything that decides the binaries: pinned modules, sources and the Go toolchain.
-key="$( (cat "$here"/k8s/go.mod "$here"/k8s/go.sum "$here"/k8s/etcd/main.go "$here"/k8s/benchtool/main.go "$here"/helm/go.mod "$here"/helm/go.sum; go version) | sha256sum | cut -c1-16)"
+key="$( (cat "$here"/k8s/go.mod "$here"/k8s/go.sum "$here"/k8s/etcd/main.go "$here"/k8s/benchtool/main.go "$here"/k8s/credprovider/main.go "$here"/helm/go.mod "$here"/helm/go.sum; go version) | sha256sum | cut -c1-16)"
 k8s_version="$(awk '$1=="k8s.io/kubernetes"{print $2}' "$here/k8s/go.mod")"
 bin="$cache_root/control-plane-$k8s_version-$key/bin"
 
 if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] && [ -x "$bin/etcd" ] \
-  && [ -x "$bin/kubectl" ] && [ -x "$bin/helm" ] && [ -x "$bin/benchtool" ]; then
+  && [ -x "$bin/kubectl" ] && [ -x "$bin/helm" ] && [ -x "$bin/benchtool" ] \
+  && [ -x "$bin/credprovider" ]; then
   echo "$bin"
   exit 0
 fi
@@ -46,6 +48,8 @@ echo "build.sh: building the control plane ($k8s_version) into $bin; the first b
   echo "build.sh: etcd built after $(( $(date +%s) - start ))s" >&2
   go build -trimpath -ldflags="$ldflags" -o "$tmp/benchtool" ./benchtool
   echo "build.sh: benchtool built after $(( $(date +%s) - start ))s" >&2
+  go build -trimpath -ldflags="$ldflags" -o "$tmp/credprovider" ./credprovider
+  echo "build.sh: credprovider built after $(( $(date +%s) - start ))s" >&2
 )
 (
   cd "$here/helm"
