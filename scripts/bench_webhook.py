@@ -123,6 +123,8 @@ try:
             break
         time.sleep(0.2)
     pod_hooked, injected = create_pods("hooked")
+    # A new connection: the webhook closes one left idle longer than its client timeout (10 s).
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx)
     pod_direct = []
     for i in range(N):
         review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
