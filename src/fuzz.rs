@@ -93,26 +93,33 @@ pub fn error_document(data: &[u8]) {
 
 /// An AdmissionReview as the API server sends it to the webhook.
 pub fn admission_review(data: &[u8]) {
-    let map: BTreeMap<String, String> = [
-        ("watch-namespace", "all"),
-        ("service-account", "*"),
-        ("webhook-configuration", "enable: true\npod-injection: true"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
-    let Ok(parsed) = crate::config::parse(&map, Some("cn-hangzhou")) else {
+    // The configuration is the same for every input: parsed once, so executions go to decoding.
+    static CONFIG: std::sync::OnceLock<Option<crate::config::Config>> = std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let map: BTreeMap<String, String> = [
+            ("watch-namespace", "all"),
+            ("service-account", "*"),
+            ("webhook-configuration", "enable: true\npod-injection: true"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        crate::config::parse(&map, Some("cn-hangzhou"))
+            .ok()
+            .map(|p| p.config)
+    });
+    let Some(config) = config.as_ref() else {
         return;
     };
     let index = crate::index::Index::default();
     // The same bytes as a ServiceAccount review and as a Pod review.
     if let Ok(review) = serde_json::from_slice(data) {
-        let answer = crate::webhook::review(review, Some(&parsed.config), "ours", &index);
+        let answer = crate::webhook::review(review, Some(config), "ours", &index);
         let _ = serde_json::to_vec(&answer);
     }
     if let Ok(review) = serde_json::from_slice(data) {
         let answer =
-            crate::webhook::review_pod(review, Some(&parsed.config), "ours", "kube-system", &index);
+            crate::webhook::review_pod(review, Some(config), "ours", "kube-system", &index);
         let _ = serde_json::to_vec(&answer);
     }
 }
