@@ -340,9 +340,18 @@ async fn the_pull_secrets_the_controller_writes_are_what_the_kubelet_uses() {
 /// Runs the plugin once on `request`; (exit code, stdout, stderr).
 /// `ACR_HELPER_PLUGIN_BIN` runs another build (a release binary, for the latency figures).
 fn exec_plugin(fake: &FakeCloud, request: &[u8]) -> (Option<i32>, String, String) {
+    exec_plugin_with(fake, request, &[])
+}
+
+fn exec_plugin_with(
+    fake: &FakeCloud,
+    request: &[u8],
+    extra: &[&str],
+) -> (Option<i32>, String, String) {
     let bin = std::env::var("ACR_HELPER_PLUGIN_BIN").unwrap_or_else(|_| BINARY.to_owned());
     let mut child = Command::new(bin)
         .args(plugin_args(fake))
+        .args(extra)
         .env("ACR_HELPER_LOG_LEVEL", "debug")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -391,6 +400,29 @@ async fn the_plugin_never_prints_a_secret_and_rejects_malformed_requests_in_one_
     assert!(
         stderr.contains("registry login obtained"),
         "progress is logged: {stderr}"
+    );
+    // Cross-account: a role assumed on top of the node's identity.
+    let (code, stdout, stderr) = exec_plugin_with(
+        &fake,
+        &request(ENTERPRISE_HOST, None),
+        &["--assume-role-arn", ROLE_ARN],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let response: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}"));
+    let login = &response["auth"][ENTERPRISE_HOST];
+    let checked = fake
+        .registry_login(
+            login["username"].as_str().unwrap_or_default(),
+            login["password"].as_str().unwrap_or_default(),
+        )
+        .await;
+    assert_eq!(checked["valid"], true, "{checked}");
+    assert!(
+        checked["principal"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(ROLE_ARN),
+        "{checked}"
     );
     // A token the fake rejects (not a JWT of the API server): a one-line error without it.
     let token = "eyJhbGciOiJSUzI1NiJ9.not-a-real-token-but-secret.c2lnbmF0dXJl";
