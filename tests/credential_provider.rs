@@ -30,6 +30,14 @@ fn image(host: &str) -> String {
     format!("{host}/team/app:1")
 }
 
+fn images(hosts: &[&str]) -> Vec<String> {
+    hosts.iter().map(|h| image(h)).collect()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| (*s).to_owned()).collect()
+}
+
 /// A fake cloud whose RRSA provider is the local API server and whose RRSA role trusts `subject`.
 fn fake_with_rrsa(subject: &str) -> FakeCloud {
     let cp = support::control_plane();
@@ -176,16 +184,13 @@ async fn the_kubelet_gets_node_credentials_from_the_plugin() {
     let fake = fake_with_rrsa("system:serviceaccount:none:none");
     let dir = scratch("node");
     let (bin_dir, config) = kubelet_files(&dir, &fake, None);
-    let images: Vec<String> = [
+    let images = images(&[
         ENTERPRISE_HOST,
         ENTERPRISE_VPC_HOST,
         PERSONAL_HOST,
         UNMATCHED_HOST,
-    ]
-    .iter()
-    .map(|h| image(h))
-    .collect();
-    let args: Vec<String> = [
+    ]);
+    let args = strings(&[
         "plugin",
         "--fake",
         &fake.url,
@@ -203,10 +208,7 @@ async fn the_kubelet_gets_node_credentials_from_the_plugin() {
         "00000000-0000-0000-0000-000000000001",
         "--recheck-after",
         &format!("{}s", PASSWORD_SECONDS + 2),
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    ]);
     let results = judge(&args, &images);
     assert_eq!(results.len(), 4);
     // The node's RAM role (the fake's metadata service), each registry its own instance.
@@ -254,11 +256,8 @@ async fn a_pods_service_account_token_pulls_as_its_own_role() {
             "requiredServiceAccountAnnotationKeys": [ROLE_ANNOTATION],
         })),
     );
-    let images: Vec<String> = [ENTERPRISE_HOST, PERSONAL_HOST, UNMATCHED_HOST]
-        .iter()
-        .map(|h| image(h))
-        .collect();
-    let args: Vec<String> = [
+    let images = images(&[ENTERPRISE_HOST, PERSONAL_HOST, UNMATCHED_HOST]);
+    let args = strings(&[
         "plugin",
         "--fake",
         &fake.url,
@@ -274,10 +273,7 @@ async fn a_pods_service_account_token_pulls_as_its_own_role() {
         "app",
         "--pod-uid",
         &uid,
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    ]);
     let results = judge(&args, &images);
     assert_login(&results[0], RRSA_ROLE_ARN, INSTANCE_ID);
     assert_login(&results[1], RRSA_ROLE_ARN, "personal/cn-hangzhou");
@@ -307,16 +303,13 @@ async fn the_pull_secrets_the_controller_writes_are_what_the_kubelet_uses() {
     ])
     .await;
     h.wait_secret(&ns.name).await;
-    let images: Vec<String> = [
+    let images = images(&[
         ENTERPRISE_HOST,
         ENTERPRISE_VPC_HOST,
         PERSONAL_HOST,
         UNMATCHED_HOST,
-    ]
-    .iter()
-    .map(|h| image(h))
-    .collect();
-    let args: Vec<String> = [
+    ]);
+    let args = strings(&[
         "secrets",
         "--fake",
         &h.fake.url,
@@ -326,10 +319,7 @@ async fn the_pull_secrets_the_controller_writes_are_what_the_kubelet_uses() {
         &h.secret_name,
         "--recheck-after",
         &format!("{}s", PASSWORD_SECONDS + 2),
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    ]);
     let results = judge(&args, &images);
     assert_login(&results[0], "", INSTANCE_ID);
     assert_login(&results[1], "", INSTANCE_ID);
