@@ -44,10 +44,15 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request, String> {
             serde_json::error::Category::Data => "a field is missing or of the wrong type",
             serde_json::error::Category::Io => "it could not be read",
         };
-        // serde's message names the field ("missing field `image`") and never quotes a value.
+        // serde names a missing or duplicate field; its other messages may quote a value (which
+        // could be a token), so only those two are passed on.
         let detail = e.to_string();
         let detail = detail.split(" at line").next().unwrap_or_default();
-        format!("not a CredentialProviderRequest: {what} ({detail})")
+        if detail.starts_with("missing field") || detail.starts_with("duplicate field") {
+            format!("not a CredentialProviderRequest: {what} ({detail})")
+        } else {
+            format!("not a CredentialProviderRequest: {what}")
+        }
     })?;
     if r.api_version != API_VERSION {
         return Err(format!(

@@ -184,10 +184,22 @@ fn requests_are_checked_and_errors_name_the_problem_without_the_token() {
         (br#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":" "}"#, "image is empty"),
         (br#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"x/y","serviceAccountToken":7}"#, "wrong type"),
     ] {
-        let e = api::parse_request(bytes).err().unwrap_or_else(|| panic!("accepted"));
+        let e = api::parse_request(bytes)
+            .err()
+            .unwrap_or_else(|| panic!("accepted"));
         assert!(e.contains(says), "{e}");
         assert!(!e.contains('\n'), "one line: {e}");
     }
+}
+
+#[test]
+fn a_value_in_the_wrong_place_is_never_quoted() {
+    let e = api::parse_request(
+        br#"{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"x/y","serviceAccountAnnotations":"eyJtoken-in-the-wrong-place"}"#,
+    )
+    .err()
+    .unwrap_or_default();
+    assert!(e.contains("wrong type") && !e.contains("eyJ"), "{e}");
 }
 
 #[test]
