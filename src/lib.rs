@@ -4,6 +4,8 @@
 //!
 //! The crate is one library and one binary; the binary is a thin shell around [`app::main`].
 
+#![forbid(unsafe_code)]
+
 pub mod aliyun;
 pub mod app;
 pub mod cli;

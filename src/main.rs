@@ -1,3 +1,5 @@
+#![forbid(unsafe_code)]
+
 use acr_helper::cli::Args;
 use clap::Parser;
 
