@@ -393,8 +393,6 @@ async fn run(args: Args) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Reads a ConfigMap manifest (or a bare `data` mapping) and validates it; prints what it finds.
-/// Returns the exit code: 0 usable, 1 not usable, 2 unreadable.
 /// `credential-provider`: one request on stdin, one response on stdout; exit 1 with a one-line
 /// message on stderr (never a secret) when it cannot answer.
 async fn credential_provider(args: &Args, p: &crate::cli::ProviderArgs) -> i32 {
@@ -582,6 +580,8 @@ async fn plan(
     Ok(if report.accepted { 0 } else { 1 })
 }
 
+/// Reads a ConfigMap manifest (or a bare `data` mapping) and validates it; prints what it finds.
+/// Returns the exit code: 0 usable, 1 not usable, 2 unreadable.
 pub fn check_config(path: &std::path::Path, region: Option<&str>) -> i32 {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,

@@ -101,6 +101,76 @@ fn the_rendered_config_map_passes_check_config() {
     }
 }
 
+fn render(template: &str, set: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "template",
+        "x",
+        CHART,
+        "-n",
+        "kube-system",
+        "--show-only",
+        template,
+    ];
+    args.extend(set.iter().flat_map(|s| ["--set", *s]));
+    let out = ok(helm(&args), "helm template");
+    serde_saphyr::from_str(&out).unwrap_or_else(|e| panic!("{template}: {e}\n{out}"))
+}
+
+#[test]
+fn rrsa_enabled_mounts_the_token_and_turns_rrsa_on_and_extra_env_reaches_the_container() {
+    let set = [
+        "rrsa.enabled=true",
+        "extraEnv[0].name=ACR_HELPER_WORKERS",
+        "extraEnv[0].value=32",
+        "extraEnv[1].name=ACR_HELPER_REGION",
+        "extraEnv[1].valueFrom.configMapKeyRef.name=cluster-info",
+        "extraEnv[1].valueFrom.configMapKeyRef.key=region",
+    ];
+    let cm = render("templates/configmap.yaml", &set);
+    assert_eq!(
+        cm["data"]["rrsa"].as_str().map(str::trim),
+        Some("enable: true")
+    );
+    let off = render("templates/configmap.yaml", &[]);
+    assert_eq!(
+        off["data"]["rrsa"].as_str().map(str::trim),
+        Some("enable: false")
+    );
+
+    let deploy = render("templates/deployment.yaml", &set);
+    let pod = &deploy["spec"]["template"]["spec"];
+    let env = pod["containers"][0]["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    // `--set` makes 32 a number; the container's variable must still be the string "32".
+    assert_eq!(value("ACR_HELPER_WORKERS"), Some("32".into()), "{env:?}");
+    let region = env.iter().find(|e| e["name"] == "ACR_HELPER_REGION");
+    assert_eq!(
+        region.map(|e| e["valueFrom"]["configMapKeyRef"]["key"].clone()),
+        Some("region".into()),
+        "{env:?}"
+    );
+    assert_eq!(
+        value("ALIBABA_CLOUD_OIDC_TOKEN_FILE"),
+        Some("/var/run/secrets/ack.alibabacloud.com/rrsa-tokens/token".into())
+    );
+    let token = &pod["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(token["audience"], "sts.aliyuncs.com", "{pod}");
+
+    // The schema refuses an extra variable without a name.
+    let out = helm(&["template", "x", CHART, "--set", "extraEnv[0].value=1"]);
+    assert!(
+        !out.status.success(),
+        "an unnamed extraEnv entry was accepted"
+    );
+}
+
 #[tokio::test]
 async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
     let cp = control_plane();
