@@ -72,22 +72,35 @@ fn deploy_holds_the_chart_rendered_with_default_values() {
     );
 }
 
+/// One template of the chart rendered as release `x` in kube-system, with extra helm arguments.
+fn template(show_only: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "template",
+        "x",
+        CHART,
+        "-n",
+        "kube-system",
+        "--show-only",
+        show_only,
+    ];
+    args.extend_from_slice(extra);
+    ok(helm(&args), "helm template")
+}
+
+/// One template rendered with `--set` values, parsed.
+fn render(show_only: &str, set: &[&str]) -> serde_json::Value {
+    let extra: Vec<&str> = set.iter().flat_map(|s| ["--set", *s]).collect();
+    let out = template(show_only, &extra);
+    serde_saphyr::from_str(&out).unwrap_or_else(|e| panic!("{show_only}: {e}\n{out}"))
+}
+
 #[test]
 fn the_rendered_config_map_passes_check_config() {
     // The chart's ConfigMap, for default values and for a full set of values.
     let values = repo_root().join("tests/data/chart-values-full.yaml");
-    for extra in [vec![], vec!["-f".to_owned(), values.display().to_string()]] {
-        let mut args = vec![
-            "template",
-            "x",
-            CHART,
-            "-n",
-            "kube-system",
-            "--show-only",
-            "templates/configmap.yaml",
-        ];
-        args.extend(extra.iter().map(String::as_str));
-        let cm = ok(helm(&args), "helm template");
+    let values = values.display().to_string();
+    for extra in [&[][..], &["-f", values.as_str()]] {
+        let cm = template("templates/configmap.yaml", extra);
         let file =
             std::env::temp_dir().join(format!("acr-helper-cm-{}.yaml", rand::random::<u32>()));
         std::fs::write(&file, cm).unwrap_or_else(|e| panic!("{e}"));
@@ -99,21 +112,6 @@ fn the_rendered_config_map_passes_check_config() {
         let _ = std::fs::remove_file(&file);
         ok(out, "check-config of the rendered ConfigMap");
     }
-}
-
-fn render(template: &str, set: &[&str]) -> serde_json::Value {
-    let mut args = vec![
-        "template",
-        "x",
-        CHART,
-        "-n",
-        "kube-system",
-        "--show-only",
-        template,
-    ];
-    args.extend(set.iter().flat_map(|s| ["--set", *s]));
-    let out = ok(helm(&args), "helm template");
-    serde_saphyr::from_str(&out).unwrap_or_else(|e| panic!("{template}: {e}\n{out}"))
 }
 
 #[test]
