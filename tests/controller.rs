@@ -1204,12 +1204,7 @@ async fn a_server_side_apply_by_another_manager_keeps_our_reference() {
             .patch("app", &gitops, &Patch::Apply(&apply(team)))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let refs: Vec<String> = after
-            .image_pull_secrets
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| r.name)
-            .collect();
+        let refs = support::reference_names(after.image_pull_secrets);
         assert_eq!(
             refs,
             vec![h.secret_name.clone()],

@@ -167,12 +167,7 @@ async fn new_service_accounts_are_created_with_the_reference() {
         .create(&PostParams::default(), &sa("fresh"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let refs: Vec<String> = created
-        .image_pull_secrets
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.name)
-        .collect();
+    let refs = support::reference_names(created.image_pull_secrets);
     assert_eq!(
         refs,
         vec![h.secret_name.clone()],
@@ -485,16 +480,11 @@ fn pod(name: &str, sa: &str, pull_secrets: &[&str], annotations: serde_json::Val
 
 /// Creates the Pod and returns the `imagePullSecrets` it was stored with.
 async fn stored(client: &kube::Client, ns: &str, p: &Pod) -> Vec<String> {
-    Api::<Pod>::namespaced(client.clone(), ns)
+    let pod = Api::<Pod>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), p)
         .await
-        .unwrap_or_else(|e| panic!("create Pod in {ns}: {e}"))
-        .spec
-        .and_then(|s| s.image_pull_secrets)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.name)
-        .collect()
+        .unwrap_or_else(|e| panic!("create Pod in {ns}: {e}"));
+    support::reference_names(pod.spec.and_then(|s| s.image_pull_secrets))
 }
 
 #[tokio::test]

@@ -304,13 +304,7 @@ impl Harness {
             .await
             .ok()
             .flatten()
-            .map(|sa| {
-                sa.image_pull_secrets
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|r| r.name)
-                    .collect()
-            })
+            .map(|sa| super::reference_names(sa.image_pull_secrets))
     }
 
     pub async fn has_reference(&self, ns: &str, sa: &str) -> bool {

@@ -42,6 +42,16 @@ pub struct ControlPlane {
 static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
 
 /// The repository root.
+/// The names in an `imagePullSecrets` list (of a ServiceAccount or a Pod), in order.
+pub fn reference_names(
+    refs: Option<Vec<k8s_openapi::api::core::v1::LocalObjectReference>>,
+) -> Vec<String> {
+    refs.unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect()
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
