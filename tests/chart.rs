@@ -123,6 +123,9 @@ fn rrsa_enabled_mounts_the_token_and_turns_rrsa_on_and_extra_env_reaches_the_con
         "extraEnv[1].name=ACR_HELPER_REGION",
         "extraEnv[1].valueFrom.configMapKeyRef.name=cluster-info",
         "extraEnv[1].valueFrom.configMapKeyRef.key=region",
+        "extraEnv[2].name=ACR_HELPER_METADATA_HARDENED_ONLY",
+        "extraEnv[2].value=false",
+        "extraEnv[3].name=EMPTY",
     ];
     let cm = render("templates/configmap.yaml", &set);
     assert_eq!(
@@ -136,6 +139,23 @@ fn rrsa_enabled_mounts_the_token_and_turns_rrsa_on_and_extra_env_reaches_the_con
     );
 
     let deploy = render("templates/deployment.yaml", &set);
+    // The real API server takes the Deployment as rendered (every variable a string).
+    let extra: Vec<&str> = set.iter().flat_map(|s| ["--set", *s]).collect();
+    let file = std::env::temp_dir().join(format!("acr-helper-dep-{}.yaml", rand::random::<u32>()));
+    std::fs::write(&file, template("templates/deployment.yaml", &extra))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cp = control_plane();
+    let out = Command::new(cp.binary("kubectl"))
+        .args(["create", "--dry-run=server", "-o", "name", "-f"])
+        .arg(&file)
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_file(&file);
+    ok(
+        out,
+        "kubectl create --dry-run=server of the rendered Deployment",
+    );
     let pod = &deploy["spec"]["template"]["spec"];
     let env = pod["containers"][0]["env"]
         .as_array()
@@ -148,6 +168,12 @@ fn rrsa_enabled_mounts_the_token_and_turns_rrsa_on_and_extra_env_reaches_the_con
     };
     // `--set` makes 32 a number; the container's variable must still be the string "32".
     assert_eq!(value("ACR_HELPER_WORKERS"), Some("32".into()), "{env:?}");
+    assert_eq!(
+        value("ACR_HELPER_METADATA_HARDENED_ONLY"),
+        Some("false".into()),
+        "{env:?}"
+    );
+    assert_eq!(value("EMPTY"), Some("".into()), "{env:?}");
     let region = env.iter().find(|e| e["name"] == "ACR_HELPER_REGION");
     assert_eq!(
         region.map(|e| e["valueFrom"]["configMapKeyRef"]["key"].clone()),
