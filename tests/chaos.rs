@@ -52,7 +52,7 @@ use rand::seq::SliceRandom as _;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::{Value, json};
 use support::fake_cloud::{INSTANCE_ID, INSTANCE_REGION, OTHER_INSTANCE_ID, OTHER_REGION};
-use support::harness::{ControllerProcess, Harness};
+use support::harness::{ControllerProcess, Harness, scrape_metric};
 
 /// The fake's registry password lifetime: short, so a refresh cycle comes every ~30 s.
 const PASSWORD_SECONDS: u64 = 60;
@@ -430,22 +430,6 @@ fn check_secret(s: &Secret, domains: &[String]) -> Result<SecretInfo, String> {
     Ok(SecretInfo { logins, expires_at })
 }
 
-/// Reads one metric of a replica (a series without labels), with a short timeout.
-async fn replica_metric(http: &reqwest::Client, url: &str, name: &str) -> Option<f64> {
-    let text = http
-        .get(format!("{url}/metrics"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// A ServiceAccount: (namespace, name).
 type SaKey = (String, &'static str);
 
@@ -655,7 +639,7 @@ async fn take_sample(ctx: &SamplerCtx, known: &mut Known) -> Sample {
 
     // Leadership, as the replicas report it.
     for (identity, url) in &replicas {
-        if replica_metric(&ctx.http, url, "acr_helper_leader").await == Some(1.0) {
+        if scrape_metric(&ctx.http, url, "acr_helper_leader").await == Some(1.0) {
             s.leaders += 1;
             s.leader = Some(identity.clone());
         }
@@ -844,7 +828,7 @@ impl Runner<'_> {
     /// The slot of the replica that leads: the one whose metrics say so, else the Lease holder.
     async fn leader_slot(&self) -> Option<usize> {
         for (i, s) in self.slots.iter().enumerate() {
-            if replica_metric(&self.http, &s.process.metrics_url, "acr_helper_leader").await
+            if scrape_metric(&self.http, &s.process.metrics_url, "acr_helper_leader").await
                 == Some(1.0)
             {
                 return Some(i);
@@ -1094,7 +1078,7 @@ impl Runner<'_> {
                         killed = true;
                     }
                     for s in &self.slots {
-                        if replica_metric(
+                        if scrape_metric(
                             &self.http,
                             &s.process.metrics_url,
                             "acr_helper_config_valid",

@@ -405,19 +405,12 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
     let webhook_addr = format!("127.0.0.1:{webhook_port}");
     let webhook_url = format!("https://127.0.0.1:{webhook_port}/mutate");
     let mut controller = Command::new(BINARY)
+        .args(fake.cloud_args())
         .args([
             "--config-namespace",
             &release_ns_name,
             "--token-mode",
             "workerRole",
-            "--region",
-            "cn-hangzhou",
-            "--sts-endpoint",
-            &fake.url,
-            "--cr-endpoint",
-            &fake.cr_template(),
-            "--metadata-endpoint",
-            &fake.url,
             "--metrics-addr",
             "127.0.0.1:0",
             "--webhook-addr",

@@ -67,26 +67,21 @@ fn fake_with_rrsa(subject: &str) -> FakeCloud {
 
 /// The plugin's command line after the binary: the cloud endpoints of `fake` and the instances.
 fn plugin_args(fake: &FakeCloud) -> Vec<String> {
-    [
-        "credential-provider",
-        "--sts-endpoint",
-        &fake.url,
-        "--cr-endpoint",
-        &fake.cr_template(),
-        "--metadata-endpoint",
-        &fake.url,
-        "--region",
-        "cn-hangzhou",
-        "--instance",
-        &format!("{ENTERPRISE_HOST}={INSTANCE_ID}"),
-        "--instance",
-        &format!("{ENTERPRISE_VPC_HOST}={INSTANCE_ID}"),
-        "--oidc-provider-arn",
-        OIDC_PROVIDER_ARN,
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
+    let mut args = vec!["credential-provider".to_owned()];
+    args.extend(fake.cloud_args());
+    args.extend(
+        [
+            "--instance",
+            &format!("{ENTERPRISE_HOST}={INSTANCE_ID}"),
+            "--instance",
+            &format!("{ENTERPRISE_VPC_HOST}={INSTANCE_ID}"),
+            "--oidc-provider-arn",
+            OIDC_PROVIDER_ARN,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned()),
+    );
+    args
 }
 
 /// A bin dir holding the binary under the provider's name, and a CredentialProviderConfig for it

@@ -13,7 +13,7 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 use support::fake_cloud::*;
-use support::harness::{BINARY, Harness, dockerconfig, domains, free_port};
+use support::harness::{BINARY, Harness, dockerconfig, domains, free_port, scrape_metric};
 use support::{TestNamespace, wait_until};
 
 const ENTERPRISE: &str = "- instanceId: cri-fakeinstance0001\n";
@@ -630,21 +630,10 @@ async fn a_leader_that_cannot_renew_stops_writing_and_the_other_takes_over() {
         let (a_url, b_url) = (a.metrics_url.clone(), b.metrics_url.clone());
         tokio::spawn(async move {
             let mut both = 0;
-            let leader = |url: String| async move {
-                let text = reqwest::get(format!("{url}/metrics"))
-                    .await
-                    .ok()?
-                    .text()
-                    .await
-                    .ok()?;
-                text.lines()
-                    .find_map(|l| l.strip_prefix("acr_helper_leader "))
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            };
+            let http = reqwest::Client::new();
+            let leader = |url| scrape_metric(&http, url, "acr_helper_leader");
             for _ in 0..300 {
-                if leader(a_url.clone()).await == Some(1.0)
-                    && leader(b_url.clone()).await == Some(1.0)
-                {
+                if leader(&a_url).await == Some(1.0) && leader(&b_url).await == Some(1.0) {
                     both += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;

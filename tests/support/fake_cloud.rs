@@ -138,6 +138,23 @@ impl FakeCloud {
         format!("{}/r/{{region}}", self.url)
     }
 
+    /// The flags that point our binary at this fake: every cloud endpoint and its region.
+    pub fn cloud_args(&self) -> Vec<String> {
+        let cr = self.cr_template();
+        [
+            "--sts-endpoint",
+            &self.url,
+            "--cr-endpoint",
+            &cr,
+            "--metadata-endpoint",
+            &self.url,
+            "--region",
+            "cn-hangzhou",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
     pub fn url(&self) -> url::Url {
         url::Url::parse(&self.url).unwrap_or_else(|e| panic!("{e}"))
     }

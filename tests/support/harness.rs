@@ -76,14 +76,27 @@ impl ControllerProcess {
 
     /// The value of one metric line (exact name with labels), if present.
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.strip_prefix(' '))
-            })
-            .and_then(|v| v.trim().parse().ok())
+        metric_value(&self.metrics().await, series)
     }
+}
+
+/// The value of one series (exact name with labels) in a `/metrics` page, if present.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Scrapes one series from the replica serving `metrics_url`, giving up after 2 s (a replica
+/// may be dead or stopped: that reads as absent).
+pub async fn scrape_metric(http: &reqwest::Client, metrics_url: &str, series: &str) -> Option<f64> {
+    let response = http
+        .get(format!("{metrics_url}/metrics"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    metric_value(&response.text().await.ok()?, series)
 }
 
 impl Drop for ControllerProcess {
@@ -173,36 +186,30 @@ impl Harness {
 
     /// Arguments that point the controller at this harness.
     pub fn base_args(&self) -> Vec<String> {
-        let f = &self.fake.url;
-        [
-            "--config-namespace",
-            &self.config_ns.name,
-            "--secret-name",
-            &self.secret_name,
-            "--lease-duration",
-            "4s",
-            "--lease-grace",
-            "2s",
-            "--sts-endpoint",
-            f,
-            "--cr-endpoint",
-            &self.fake.cr_template(),
-            "--metadata-endpoint",
-            f,
-            "--region",
-            "cn-hangzhou",
-            "--log-format",
-            "plain",
-            "--log-level",
-            "info,kube=warn",
-            "--cloud-request-timeout",
-            "2s",
-            "--webhook-addr",
-            "127.0.0.1:0",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
+        let mut args = self.fake.cloud_args();
+        args.extend(
+            [
+                "--config-namespace",
+                &self.config_ns.name,
+                "--secret-name",
+                &self.secret_name,
+                "--lease-duration",
+                "4s",
+                "--lease-grace",
+                "2s",
+                "--log-format",
+                "plain",
+                "--log-level",
+                "info,kube=warn",
+                "--cloud-request-timeout",
+                "2s",
+                "--webhook-addr",
+                "127.0.0.1:0",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned()),
+        );
+        args
     }
 
     /// Starts a replica named `identity` (as the Lease and the audit log's user agent show it).
