@@ -212,12 +212,16 @@ EOF
   write_kubeconfig "$dir/kube-controller-manager.kubeconfig" "$url" "$pki" kube-controller-manager
   # Only the controllers a real cluster needs for namespaces and ServiceAccounts to behave as they
   # do in production: the "default" ServiceAccount in every namespace, namespace deletion,
-  # garbage collection, and the kube-root-ca.crt ConfigMap.
+  # garbage collection, the kube-root-ca.crt ConfigMap, the aggregated ClusterRoles (`edit`,
+  # `admin` and `view` are empty without it: the tenant tests act as `edit`), and the token
+  # controller that fills a `kubernetes.io/service-account-token` Secret (the token-minting
+  # attack of the threat model is real here).
   "$bin/kube-controller-manager" \
     --kubeconfig="$dir/kube-controller-manager.kubeconfig" \
     --authentication-kubeconfig="$dir/kube-controller-manager.kubeconfig" \
     --authorization-kubeconfig="$dir/kube-controller-manager.kubeconfig" \
-    --controllers=serviceaccount-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller \
+    --controllers=serviceaccount-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,serviceaccount-token-controller \
+    --use-service-account-credentials=true \
     --root-ca-file="$pki/ca.crt" \
     --service-account-private-key-file="$pki/sa.key" \
     --leader-elect=false --secure-port=0 \
