@@ -155,6 +155,7 @@ async fn cleanup(args: Args) -> Result<i32, AppError> {
         config_name: args.kube.config_name.clone(),
         secret_name: args.kube.secret_name.clone(),
         last_config_secret: args.kube.last_config_secret.clone(),
+        state_secret: args.kube.state_secret.clone(),
         webhook_configuration: args.webhook.webhook_configuration.clone(),
         webhook_tls_secret: args.webhook.webhook_tls_secret.clone(),
         lease: lease_config(&args, identity),
@@ -262,6 +263,7 @@ async fn run(args: Args) -> Result<(), AppError> {
         config_name: args.kube.config_name.clone(),
         secret_name: args.kube.secret_name.clone(),
         last_config_secret: args.kube.last_config_secret.clone(),
+        state_secret: args.kube.state_secret.clone(),
         workers: usize::from(args.run.workers),
         refresh_rate: args.run.refresh_rate,
     };
@@ -292,6 +294,13 @@ async fn run(args: Args) -> Result<(), AppError> {
         crate::server::router(metrics.clone(), readiness.clone()),
         until_true(stop_rx.clone()),
     ));
+    let health = args.run.health_addr.map(|addr| {
+        tokio::spawn(crate::server::serve(
+            addr,
+            crate::server::health_only(metrics.clone(), readiness.clone()),
+            until_true(stop_rx.clone()),
+        ))
+    });
     let webhook = tokio::spawn({
         let serving = crate::webhook::runtime::serve(
             watches.clone(),
@@ -385,6 +394,9 @@ async fn run(args: Args) -> Result<(), AppError> {
         tracing::warn!(error = %e, "the webhook task failed");
     }
     let _ = server.await;
+    if let Some(h) = health {
+        let _ = h.await;
+    }
     if broken {
         return Err(AppError::Usage(
             "a part of the controller stopped unexpectedly; exiting so the pod restarts".into(),

@@ -237,6 +237,16 @@ pub struct KubeArgs {
     )]
     pub last_config_secret: String,
 
+    /// The Secret (in the ConfigMap's namespace) where the leader keeps its digest key and the
+    /// record of the logins it published: what a new leader takes over, never a pull Secret.
+    #[arg(
+        long,
+        global = true,
+        env = "ACR_HELPER_STATE_SECRET",
+        default_value = crate::record::DEFAULT_STATE_SECRET
+    )]
+    pub state_secret: String,
+
     /// The cluster's region, the default region of instances (default: asked from the ECS
     /// metadata service).
     #[arg(long, global = true, env = "ACR_HELPER_REGION")]
@@ -273,6 +283,11 @@ pub struct RunArgs {
         default_value = "0.0.0.0:8080"
     )]
     pub metrics_addr: std::net::SocketAddr,
+
+    /// Also serve /livez and /readyz (not /metrics) here: for --metrics-addr on 127.0.0.1 (a
+    /// scraping sidecar), while the kubelet probes the pod's own address.
+    #[arg(long, global = true, env = "ACR_HELPER_HEALTH_ADDR")]
+    pub health_addr: Option<std::net::SocketAddr>,
 
     /// Elect a leader on a Lease so that only one replica writes.
     #[arg(long, global = true, env = "ACR_HELPER_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]

@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::core::PartialObjectMeta;
 use tokio::sync::Notify;
 
+use crate::record::DIGEST;
 use crate::render::{
     DOCKER_CONFIG_KEY, DOCKER_CONFIG_TYPE, EXPIRES_AT, IDENTITY, INSTANCES, is_managed,
 };
@@ -104,18 +105,50 @@ impl SaState {
 pub struct SecretState {
     pub uid: Box<str>,
     pub resource_version: Rv,
-    /// Carries our managed-by label.
+    /// Carries our managed-by label and is a `kubernetes.io/dockerconfigjson` Secret: one the
+    /// controller may claim as its own. (A label is no proof that the controller wrote it: see
+    /// [`crate::plan::authentic`].) Any other Secret of our name is foreign.
     pub managed: bool,
-    /// Its type is `kubernetes.io/dockerconfigjson`.
-    pub docker_type: bool,
     /// `.dockerconfigjson` when it is the Secret's only key (shared between equal Secrets).
     pub dockerconfigjson: Option<Arc<[u8]>>,
-    /// Our annotations: when its passwords expire, and the instances they are of.
+    /// Our annotations as found (outputs of ours, or whatever somebody wrote there): only ever
+    /// compared with what the controller would write, never acted upon.
     pub expires_at: Option<Box<str>>,
     pub instances: Option<Box<str>>,
     pub identity: Option<Box<str>>,
+    pub digest: Option<Box<str>>,
     /// The relist generation that last saw it.
     pub(crate) seen: u32,
+}
+
+impl SecretState {
+    /// What the controller keeps of a Secret of its name.
+    pub fn of(secret: &Secret) -> SecretState {
+        let annotation = |k: &str| {
+            secret
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(k))
+                .map(|v| Box::<str>::from(v.as_str()))
+        };
+        let dockerconfigjson = match secret.data.as_ref() {
+            Some(d) if d.len() == 1 => d.get(DOCKER_CONFIG_KEY).map(|b| Arc::from(b.0.as_slice())),
+            _ => None,
+        };
+        SecretState {
+            uid: secret.metadata.uid.as_deref().unwrap_or_default().into(),
+            resource_version: Rv::from(secret.metadata.resource_version.as_ref()),
+            managed: is_managed(&secret.metadata)
+                && secret.type_.as_deref() == Some(DOCKER_CONFIG_TYPE),
+            dockerconfigjson,
+            expires_at: annotation(EXPIRES_AT),
+            instances: annotation(INSTANCES),
+            identity: annotation(IDENTITY),
+            digest: annotation(DIGEST),
+            seen: 0,
+        }
+    }
 }
 
 impl std::fmt::Debug for SecretState {
@@ -127,6 +160,7 @@ impl std::fmt::Debug for SecretState {
             .field("expires_at", &self.expires_at)
             .field("instances", &self.instances)
             .field("identity", &self.identity)
+            .field("digest", &self.digest)
             .finish_non_exhaustive()
     }
 }
@@ -222,15 +256,14 @@ impl Index {
         }
     }
 
-    fn intern(&mut self, bytes: &[u8]) -> Arc<[u8]> {
-        if let Some(existing) = self.contents.get(bytes) {
+    fn intern(&mut self, value: Arc<[u8]>) -> Arc<[u8]> {
+        if let Some(existing) = self.contents.get(&*value) {
             return existing.clone();
         }
         // Forget values no Secret holds any more before adding one.
         if self.contents.len() >= 8 {
             self.contents.retain(|c| Arc::strong_count(c) > 1);
         }
-        let value: Arc<[u8]> = Arc::from(bytes);
         self.contents.insert(value.clone());
         value
     }
@@ -326,36 +359,14 @@ impl Index {
         let Some(ns) = secret.metadata.namespace.as_deref() else {
             return false;
         };
-        let uid: Box<str> = secret.metadata.uid.as_deref().unwrap_or_default().into();
         let key = self.key(ns);
-        if self.deleted.contains(&(key.clone(), uid.clone())) {
+        let mut next = SecretState::of(secret);
+        if self.deleted.contains(&(key.clone(), next.uid.clone())) {
             return false;
         }
-        let dockerconfigjson = match secret.data.as_ref() {
-            Some(d) if d.len() == 1 => d.get(DOCKER_CONFIG_KEY).map(|b| b.0.clone()),
-            _ => None,
-        };
-        let dockerconfigjson = dockerconfigjson.map(|b| self.intern(&b));
-        let annotation = |k: &str| {
-            secret
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(k))
-                .map(|v| Box::<str>::from(v.as_str()))
-        };
+        next.dockerconfigjson = next.dockerconfigjson.map(|b| self.intern(b));
         let seen = self.marking(Kind::Secret);
-        let next = SecretState {
-            uid,
-            resource_version: Rv::from(secret.metadata.resource_version.as_ref()),
-            managed: is_managed(&secret.metadata),
-            docker_type: secret.type_.as_deref() == Some(DOCKER_CONFIG_TYPE),
-            dockerconfigjson,
-            expires_at: annotation(EXPIRES_AT),
-            instances: annotation(INSTANCES),
-            identity: annotation(IDENTITY),
-            seen,
-        };
+        next.seen = seen;
         let state = self.namespaces.entry(key).or_default();
         let changed = match &mut state.secret {
             Some(old)
@@ -366,13 +377,11 @@ impl Index {
                 return false;
             }
             Some(old) => {
-                let same = old.uid == next.uid
-                    && old.managed == next.managed
-                    && old.docker_type == next.docker_type
-                    && old.dockerconfigjson == next.dockerconfigjson
-                    && old.expires_at == next.expires_at
-                    && old.instances == next.instances
-                    && old.identity == next.identity;
+                let same = SecretState {
+                    resource_version: old.resource_version.clone(),
+                    seen: old.seen,
+                    ..next.clone()
+                } == *old;
                 !same
             }
             None => true,

@@ -312,6 +312,10 @@ impl Elector {
                 name: Some(self.cfg.name.clone()),
                 namespace: Some(self.cfg.namespace.clone()),
                 resource_version: current.and_then(|l| l.metadata.resource_version.clone()),
+                // The Lease may be the chart's: its labels and annotations (Helm's ownership
+                // among them) stay as they are; only the spec is the replicas'.
+                labels: current.and_then(|l| l.metadata.labels.clone()),
+                annotations: current.and_then(|l| l.metadata.annotations.clone()),
                 ..Default::default()
             },
             spec: Some(next_spec(

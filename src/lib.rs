@@ -21,6 +21,7 @@ pub mod leader;
 pub mod metrics;
 pub mod plan;
 pub mod provider;
+pub mod record;
 pub mod render;
 pub mod server;
 pub mod telemetry;

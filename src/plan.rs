@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::index::{NsState, SecretState};
+use crate::record::{DigestKey, Digested};
 use crate::render::{SecretContent, reference_needs_change};
 
 /// What the Secret content will be.
@@ -57,15 +58,42 @@ impl NamespacePlan {
 }
 
 /// Whether the Secret the index holds already has exactly `content`: our label, the type, the
-/// one `.dockerconfigjson` key with the same bytes, and the same expiry, instances and identity
-/// annotations.
+/// one `.dockerconfigjson` key with the same bytes, and the same expiry, instances, identity and
+/// digest annotations. The one rule of "nothing to write" (the planner and the writer's conflict
+/// path both ask it).
 pub fn holds(secret: &SecretState, content: &SecretContent) -> bool {
     secret.managed
-        && secret.docker_type
         && secret.dockerconfigjson.as_deref() == Some(content.dockerconfigjson.as_slice())
         && secret.expires_at.as_deref() == Some(content.expires_at.to_string().as_str())
         && secret.instances.as_deref() == Some(content.instances.join(",").as_str())
         && secret.identity.as_deref() == Some(content.identity.as_str())
+        && secret.digest.as_deref() == Some(content.digest.as_str())
+}
+
+/// Whether the controller wrote the content of this Secret of its name, as far as `key` can
+/// tell: its digest annotation is the key's digest of its content. A Secret anybody else wrote or
+/// edited (a tenant rewriting the pull Secret of their namespace, say) is not, whatever its labels
+/// and annotations say.
+pub fn authentic(secret: &SecretState, key: &DigestKey) -> bool {
+    let (Some(doc), Some(expires_at), Some(instances), Some(identity), Some(digest)) = (
+        secret.dockerconfigjson.as_deref(),
+        secret.expires_at.as_deref(),
+        secret.instances.as_deref(),
+        secret.identity.as_deref(),
+        secret.digest.as_deref(),
+    ) else {
+        return false;
+    };
+    secret.managed
+        && key.verifies(
+            Digested {
+                dockerconfigjson: doc,
+                expires_at,
+                instances,
+                identity,
+            },
+            digest,
+        )
 }
 
 /// The writes that bring namespace `name` in line with `cfg`.

@@ -9,6 +9,8 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{LocalObjectReference, Secret};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::record::{DIGEST, DigestKey, Digested};
+
 /// The default name of the pull Secret in every watched namespace (`--secret-name`).
 pub const DEFAULT_SECRET_NAME: &str = "aliyun-acr-credential-helper";
 /// The label on everything the controller owns.
@@ -111,6 +113,9 @@ pub struct SecretContent {
     pub instances: Vec<String>,
     /// [`identity_fingerprint`] of the logins' identities.
     pub identity: String,
+    /// The [`DIGEST`] annotation: the content's digest under the controller's key, which tells
+    /// a Secret the controller wrote from one somebody else wrote.
+    pub digest: String,
 }
 
 impl std::fmt::Debug for SecretContent {
@@ -120,16 +125,41 @@ impl std::fmt::Debug for SecretContent {
             .field("expires_at", &self.expires_at)
             .field("instances", &self.instances)
             .field("identity", &self.identity)
+            .field("digest", &self.digest)
             .finish()
     }
 }
 
 impl SecretContent {
+    /// The content of these logins, authenticated with `key`.
+    pub fn new(
+        dockerconfigjson: Vec<u8>,
+        expires_at: Timestamp,
+        instances: Vec<String>,
+        identity: String,
+        key: &DigestKey,
+    ) -> SecretContent {
+        let digest = key.digest(Digested {
+            dockerconfigjson: &dockerconfigjson,
+            expires_at: &expires_at.to_string(),
+            instances: &instances.join(","),
+            identity: &identity,
+        });
+        SecretContent {
+            dockerconfigjson,
+            expires_at,
+            instances,
+            identity,
+            digest,
+        }
+    }
+
     pub fn annotations(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
             (EXPIRES_AT.to_owned(), self.expires_at.to_string()),
             (INSTANCES.to_owned(), self.instances.join(",")),
             (IDENTITY.to_owned(), self.identity.clone()),
+            (DIGEST.to_owned(), self.digest.clone()),
         ])
     }
 
@@ -153,26 +183,6 @@ impl SecretContent {
             )])),
             ..Default::default()
         }
-    }
-
-    /// Whether `existing` already holds exactly this content (data, type, label and our
-    /// annotations; other annotations and labels are someone else's and ignored).
-    pub fn matches(&self, existing: &Secret) -> bool {
-        let data_ok = existing
-            .data
-            .as_ref()
-            .and_then(|d| d.get(DOCKER_CONFIG_KEY))
-            .is_some_and(|b| b.0 == self.dockerconfigjson)
-            && existing.data.as_ref().is_some_and(|d| d.len() == 1);
-        let annotations = existing.metadata.annotations.as_ref();
-        let ours = self.annotations();
-        let annotations_ok = ours
-            .iter()
-            .all(|(k, v)| annotations.and_then(|a| a.get(k)) == Some(v));
-        data_ok
-            && existing.type_.as_deref() == Some(DOCKER_CONFIG_TYPE)
-            && is_managed(&existing.metadata)
-            && annotations_ok
     }
 }
 
@@ -334,43 +344,35 @@ mod tests {
     }
 
     #[test]
-    fn secret_content_matching() {
+    fn secret_content_carries_its_digest_and_never_prints_a_password() {
         let pw = SecretString::from("pw");
-        let content = SecretContent {
-            dockerconfigjson: dockerconfigjson(&[Login {
+        let key = DigestKey::from_bytes(&[1; 32]).unwrap_or_else(|| panic!("key"));
+        let content = SecretContent::new(
+            dockerconfigjson(&[Login {
                 domain: "a.example.com",
                 username: "u",
                 password: &pw,
             }]),
-            expires_at: "2026-11-22T11:00:00Z"
+            "2026-11-22T11:00:00Z"
                 .parse()
                 .unwrap_or_else(|e| panic!("{e}")),
-            instances: vec!["cri-a".into()],
-            identity: "0123456789abcdef".into(),
-        };
-        let mut s = content.secret("n", "ns");
-        assert!(content.matches(&s));
-        s.metadata
-            .annotations
-            .get_or_insert_default()
-            .insert("someone/else".into(), "x".into());
-        assert!(content.matches(&s), "foreign annotations do not matter");
-        let mut changed = s.clone();
-        changed
-            .metadata
-            .annotations
-            .get_or_insert_default()
-            .insert(EXPIRES_AT.into(), "2026-11-22T12:00:00Z".into());
-        assert!(!content.matches(&changed));
-        let mut unlabeled = s.clone();
-        unlabeled.metadata.labels = None;
-        assert!(!content.matches(&unlabeled));
-        let mut other_data = s;
-        other_data.data = Some(BTreeMap::from([(
-            DOCKER_CONFIG_KEY.into(),
-            k8s_openapi::ByteString(b"{}".to_vec()),
-        )]));
-        assert!(!content.matches(&other_data));
+            vec!["cri-a".into()],
+            "0123456789abcdef".into(),
+            &key,
+        );
+        let s = content.secret("n", "ns");
+        let annotations = s.metadata.annotations.unwrap_or_default();
+        assert_eq!(annotations.get(DIGEST), Some(&content.digest));
+        assert!(key.verifies(
+            Digested {
+                dockerconfigjson: &content.dockerconfigjson,
+                expires_at: "2026-11-22T11:00:00Z",
+                instances: "cri-a",
+                identity: "0123456789abcdef",
+            },
+            &content.digest
+        ));
+        assert_eq!(s.type_.as_deref(), Some(DOCKER_CONFIG_TYPE));
         assert!(!format!("{content:?}").contains("pw"));
     }
 

@@ -18,11 +18,20 @@ struct AppState {
 }
 
 pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
-    Router::new()
+    health_router()
         .route("/metrics", get(metrics_handler))
+        .with_state(AppState { metrics, readiness })
+}
+
+/// `/livez` and `/readyz` only (`--health-addr`).
+pub fn health_only(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
+    health_router().with_state(AppState { metrics, readiness })
+}
+
+fn health_router() -> Router<AppState> {
+    Router::new()
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, readiness })
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
@@ -58,7 +67,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /livez, /readyz");
+    tracing::info!(addr = %listener.local_addr()?, "serving HTTP (metrics and probes)");
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

@@ -3,49 +3,24 @@
 
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use support::fake_cloud::{FakeCloud, default_config};
 use support::harness::BINARY;
-use support::{TestNamespace, control_plane, repo_root, wait_until};
+use support::{TestNamespace, control_plane, helm, ok, repo_root, wait_until};
 
 const CHART: &str = "charts/aliyun-acr-credential-helper";
 const RENDERED: &str = "deploy/aliyun-acr-credential-helper.yaml";
-
-fn helm(args: &[&str]) -> Output {
-    let cp = control_plane();
-    Command::new(cp.binary("helm"))
-        .args(args)
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .env(
-            "HELM_CACHE_HOME",
-            std::env::temp_dir().join("acr-helper-helm/cache"),
-        )
-        .env(
-            "HELM_CONFIG_HOME",
-            std::env::temp_dir().join("acr-helper-helm/config"),
-        )
-        .env(
-            "HELM_DATA_HOME",
-            std::env::temp_dir().join("acr-helper-helm/data"),
-        )
-        .current_dir(repo_root())
-        .output()
-        .unwrap_or_else(|e| panic!("helm {args:?}: {e}"))
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+/// What an offline rendering is told of the target cluster (scripts/render-deploy says the same).
+const TARGET: [&str; 4] = [
+    "--kube-version",
+    "1.37.1",
+    "--api-versions",
+    "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy",
+];
 
 #[test]
 fn helm_lint_strict_passes() {
@@ -54,17 +29,16 @@ fn helm_lint_strict_passes() {
 
 #[test]
 fn deploy_holds_the_chart_rendered_with_default_values() {
-    let rendered = ok(
-        helm(&[
-            "template",
-            "aliyun-acr-credential-helper",
-            CHART,
-            "-n",
-            "kube-system",
-            "--no-hooks",
-        ]),
-        "helm template",
-    );
+    let mut args = vec![
+        "template",
+        "aliyun-acr-credential-helper",
+        CHART,
+        "-n",
+        "kube-system",
+        "--no-hooks",
+    ];
+    args.extend(TARGET);
+    let rendered = ok(helm(&args), "helm template");
     let committed = std::fs::read_to_string(repo_root().join(RENDERED)).unwrap_or_default();
     assert!(
         committed == rendered,
@@ -83,6 +57,7 @@ fn template(show_only: &str, extra: &[&str]) -> String {
         "--show-only",
         show_only,
     ];
+    args.extend(TARGET);
     args.extend_from_slice(extra);
     ok(helm(&args), "helm template")
 }
@@ -114,6 +89,78 @@ fn the_rendered_config_map_passes_check_config() {
     }
 }
 
+/// Creates the rendered `template` with `--dry-run=server` on the real API server: it must take
+/// the object as rendered.
+fn server_accepts(show_only: &str, set: &[&str]) {
+    let extra: Vec<&str> = set.iter().flat_map(|s| ["--set", *s]).collect();
+    let file = std::env::temp_dir().join(format!("acr-helper-obj-{}.yaml", rand::random::<u32>()));
+    std::fs::write(&file, template(show_only, &extra)).unwrap_or_else(|e| panic!("{e}"));
+    let cp = control_plane();
+    let out = Command::new(cp.binary("kubectl"))
+        .args(["create", "--dry-run=server", "-o", "name", "-f"])
+        .arg(&file)
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_file(&file);
+    ok(
+        out,
+        &format!("kubectl create --dry-run=server of {show_only}"),
+    );
+}
+
+#[test]
+fn metrics_bind_to_the_pod_ip_or_localhost_and_only_two_ports_are_reachable() {
+    let container = |set: &[&str]| {
+        render("templates/deployment.yaml", set)["spec"]["template"]["spec"]["containers"][0]
+            .clone()
+    };
+    let args = |c: &serde_json::Value| -> Vec<String> {
+        c["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect()
+    };
+    // Default: the pod's own address (never 0.0.0.0), probes on it.
+    let c = container(&[]);
+    assert!(
+        args(&c).contains(&"--metrics-addr=$(POD_IP):8080".to_owned()),
+        "{c}"
+    );
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "metrics");
+    // localhost: /metrics only for a sidecar, the probes on their own port of the pod's address.
+    let c = container(&["metrics.bind=localhost"]);
+    let a = args(&c);
+    assert!(
+        a.contains(&"--metrics-addr=127.0.0.1:8080".to_owned()),
+        "{a:?}"
+    );
+    assert!(
+        a.contains(&"--health-addr=$(POD_IP):8081".to_owned()),
+        "{a:?}"
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "health");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "health");
+    assert!(
+        args(&container(&["metrics.bind=all"])).contains(&"--metrics-addr=0.0.0.0:8080".to_owned())
+    );
+    server_accepts("templates/deployment.yaml", &["metrics.bind=localhost"]);
+    // The NetworkPolicy admits the webhook and metrics ports of the controller's pods only.
+    let np = render("templates/networkpolicy.yaml", &[]);
+    let ports: Vec<String> = np["spec"]["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["ports"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p["port"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ports, ["webhook", "metrics", "health"]);
+    assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    server_accepts("templates/networkpolicy.yaml", &[]);
+}
+
 #[test]
 fn rrsa_enabled_mounts_the_token_and_turns_rrsa_on_and_extra_env_reaches_the_container() {
     let set = [
@@ -140,22 +187,7 @@ fn rrsa_enabled_mounts_the_token_and_turns_rrsa_on_and_extra_env_reaches_the_con
 
     let deploy = render("templates/deployment.yaml", &set);
     // The real API server takes the Deployment as rendered (every variable a string).
-    let extra: Vec<&str> = set.iter().flat_map(|s| ["--set", *s]).collect();
-    let file = std::env::temp_dir().join(format!("acr-helper-dep-{}.yaml", rand::random::<u32>()));
-    std::fs::write(&file, template("templates/deployment.yaml", &extra))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let cp = control_plane();
-    let out = Command::new(cp.binary("kubectl"))
-        .args(["create", "--dry-run=server", "-o", "name", "-f"])
-        .arg(&file)
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let _ = std::fs::remove_file(&file);
-    ok(
-        out,
-        "kubectl create --dry-run=server of the rendered Deployment",
-    );
+    server_accepts("templates/deployment.yaml", &set);
     let pod = &deploy["spec"]["template"]["spec"];
     let env = pod["containers"][0]["env"]
         .as_array()
@@ -195,6 +227,96 @@ fn rrsa_enabled_mounts_the_token_and_turns_rrsa_on_and_extra_env_reaches_the_con
     );
 }
 
+/// One row of the README's RBAC table (*RBAC (least privilege, by name) and the admission
+/// policies*): the rules the chart's ServiceAccount has, as `kubectl auth can-i --list` prints
+/// them, and the policy that confines its writes.
+#[derive(Debug)]
+struct RbacRow {
+    group: String,
+    resource: String,
+    /// Empty: any name.
+    names: Vec<String>,
+    verbs: Vec<String>,
+    policy: Option<String>,
+}
+
+impl RbacRow {
+    fn can_i_lines(&self) -> Vec<String> {
+        let resource = if self.group.is_empty() {
+            self.resource.clone()
+        } else {
+            format!("{}.{}", self.resource, self.group)
+        };
+        let verbs = self.verbs.join(" ");
+        if self.names.is_empty() {
+            return vec![format!("{resource} [] [] [{verbs}]")];
+        }
+        self.names
+            .iter()
+            .map(|n| format!("{resource} [] [{n}] [{verbs}]"))
+            .collect()
+    }
+
+    /// The admission operations its write verbs are.
+    fn operations(&self) -> Vec<&'static str> {
+        let mut ops: Vec<&'static str> = self
+            .verbs
+            .iter()
+            .filter_map(|v| match v.as_str() {
+                "create" => Some("CREATE"),
+                "update" | "patch" => Some("UPDATE"),
+                "delete" => Some("DELETE"),
+                _ => None,
+            })
+            .collect();
+        ops.dedup();
+        ops
+    }
+}
+
+/// The README's RBAC table, with `<release>` as the release's cluster-scoped name `full`.
+fn readme_rbac_rows(full: &str) -> Vec<RbacRow> {
+    let readme = std::fs::read_to_string(repo_root().join("README.md"))
+        .unwrap_or_else(|e| panic!("README.md: {e}"));
+    let section = readme
+        .split("### RBAC (least privilege, by name) and the admission policies")
+        .nth(1)
+        .unwrap_or_else(|| panic!("the README has no RBAC section"));
+    let ticks = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(|n| n.replace("<release>", full))
+            .collect()
+    };
+    let rows: Vec<RbacRow> = section
+        .lines()
+        .skip_while(|l| !l.starts_with("| scope |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            let resource = ticks(cells[1]).pop().unwrap_or_default();
+            let (group, resource) = match resource.rsplit_once('/') {
+                Some((g, r)) => (g.to_owned(), r.to_owned()),
+                None => (String::new(), resource),
+            };
+            RbacRow {
+                group,
+                resource,
+                names: ticks(cells[2]),
+                verbs: cells[3].split(',').map(|v| v.trim().to_owned()).collect(),
+                policy: ticks(cells[4]).pop(),
+            }
+        })
+        .collect();
+    assert!(
+        rows.len() >= 8,
+        "the README's RBAC table is not where expected: {rows:?}"
+    );
+    rows
+}
+
 #[tokio::test]
 async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
     let cp = control_plane();
@@ -215,6 +337,12 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
     ]);
     let webhook_name = format!("{release}-aliyun-acr-credential-helper");
     let set_ns = format!("acrConfiguration.watchNamespace={}", ws.name);
+    // No Service reaches a process of the test: the webhook is registered with a loopback URL,
+    // which the chart's webhook policy is told to allow.
+    let webhook_port = support::harness::free_port();
+    let webhook_addr = format!("127.0.0.1:{webhook_port}");
+    let webhook_url = format!("https://127.0.0.1:{webhook_port}/mutate");
+    let set_url = format!("webhook.url={webhook_url}");
     ok(
         helm(&[
             "install",
@@ -227,6 +355,8 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
             &set_ns,
             "--set",
             "acrConfiguration.acrRegistryInfo[0].instanceId=cri-fakeinstance0001",
+            "--set",
+            &set_url,
         ]),
         "helm install",
     );
@@ -265,38 +395,58 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
     .delete(&nobody, &Default::default())
     .await;
     let granted = can_i("aliyun-acr-credential-helper");
-    let extra: Vec<&String> = granted.difference(&baseline).collect();
-    let documented = [
-        "namespaces [] [] [get list watch]".to_owned(),
-        "serviceaccounts [] [] [get list watch patch]".to_owned(),
-        "secrets [] [aliyun-acr-credential-helper] [get list watch patch delete]".to_owned(),
-        "secrets [] [] [create]".to_owned(),
-        "events.events.k8s.io [] [] [create patch]".to_owned(),
-        format!(
-            "mutatingwebhookconfigurations.admissionregistration.k8s.io [] [{webhook_name}] [get patch delete]"
-        ),
-        "mutatingwebhookconfigurations.admissionregistration.k8s.io [] [] [create]".to_owned(),
-        // The release namespace (kube-system here, which also holds the managed-role token).
-        "configmaps [] [acr-configuration] [get list watch patch]".to_owned(),
-        "secrets [] [aliyun-acr-credential-helper-webhook-tls] [get list watch update delete]"
-            .to_owned(),
-        "secrets [] [aliyun-acr-credential-helper-last-config] [get list watch update delete]"
-            .to_owned(),
-        "leases.coordination.k8s.io [] [aliyun-acr-credential-helper] [get update]".to_owned(),
-        "leases.coordination.k8s.io [] [] [create]".to_owned(),
-        "secrets [] [addon.aliyuncsmanagedacrrole.token] [get]".to_owned(),
-    ];
+    let extra: std::collections::BTreeSet<String> =
+        granted.difference(&baseline).cloned().collect();
+    let rows = readme_rbac_rows(&webhook_name);
+    let documented: std::collections::BTreeSet<String> =
+        rows.iter().flat_map(RbacRow::can_i_lines).collect();
     assert_eq!(
-        extra
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<std::collections::BTreeSet<_>>(),
-        documented
-            .iter()
-            .map(String::as_str)
-            .collect::<std::collections::BTreeSet<_>>(),
-        "the chart's ServiceAccount may do exactly what the chart documents"
+        extra, documented,
+        "the chart's ServiceAccount may do exactly what the README's RBAC table says"
     );
+    // Every write a row grants is confined by the policy the row names, as rendered.
+    let policies: Vec<serde_json::Value> = support::harness::chart_policies(
+        &release,
+        &release_ns_name,
+        "aliyun-acr-credential-helper",
+        &[&format!("webhook.url={webhook_url}")],
+        &["-secrets", "-serviceaccounts", "-configmap", "-webhook"],
+    );
+    for row in &rows {
+        let Some(policy) = &row.policy else { continue };
+        let p = policies
+            .iter()
+            .find(|p| {
+                p["kind"] == "ValidatingAdmissionPolicy" && p["metadata"]["name"] == policy.as_str()
+            })
+            .unwrap_or_else(|| panic!("the README names policy {policy}, the chart has none"));
+        assert!(
+            policies
+                .iter()
+                .any(|b| b["kind"] == "ValidatingAdmissionPolicyBinding"
+                    && b["spec"]["policyName"] == policy.as_str()
+                    && b["spec"]["validationActions"] == serde_json::json!(["Deny"])),
+            "{policy} has no Deny binding"
+        );
+        for op in row.operations() {
+            let covered = p["spec"]["matchConstraints"]["resourceRules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| {
+                    r["resources"]
+                        .as_array()
+                        .is_some_and(|v| v.iter().any(|x| x == row.resource.as_str()))
+                        && r["apiGroups"]
+                            .as_array()
+                            .is_some_and(|v| v.iter().any(|x| x == row.group.as_str()))
+                        && r["operations"]
+                            .as_array()
+                            .is_some_and(|v| v.iter().any(|x| x == op))
+                });
+            assert!(covered, "{policy} does not cover {op} of {}", row.resource);
+        }
+    }
 
     // What the rules do not grant is refused: another Secret (read or list), another product's
     // webhook registration (read, patch, delete).
@@ -401,9 +551,6 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
     )
     .await;
     let log = std::fs::File::create(dir.join("controller.log")).unwrap_or_else(|e| panic!("{e}"));
-    let webhook_port = support::harness::free_port();
-    let webhook_addr = format!("127.0.0.1:{webhook_port}");
-    let webhook_url = format!("https://127.0.0.1:{webhook_port}/mutate");
     let mut controller = Command::new(BINARY)
         .args(fake.cloud_args())
         .args([
@@ -480,12 +627,52 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
         Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
             client.clone(),
         );
+    let webhooks = |m: Option<
+        k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+    >| { m.and_then(|m| m.webhooks).unwrap_or_default() };
+    // The chart made the registration (the controller may not create one), empty until the
+    // leader fills it under the chart's RBAC and webhook policy.
     wait_until(
         Duration::from_secs(30),
         "the webhook registration",
-        || async { mwcs.get_opt(&webhook_name).await.ok().flatten().is_some() },
+        || async {
+            let m = mwcs
+                .get_opt(&webhook_name)
+                .await
+                .unwrap_or_else(|e| panic!("get the registration: {e}"));
+            !webhooks(m).is_empty()
+        },
     )
     .await;
+    // An upgrade that changes nothing the controller reads keeps the leader's webhooks: the chart
+    // never sets them.
+    let before = webhooks(
+        mwcs.get_opt(&webhook_name)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    ok(
+        helm(&[
+            "upgrade",
+            &release,
+            CHART,
+            "-n",
+            &release_ns_name,
+            "--reuse-values",
+            "--set",
+            "podAnnotations.upgraded=again",
+        ]),
+        "helm upgrade",
+    );
+    assert_eq!(
+        webhooks(
+            mwcs.get_opt(&webhook_name)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        ),
+        before,
+        "helm upgrade changed the leader's webhooks"
+    );
     let cm = Api::<ConfigMap>::namespaced(client.clone(), &release_ns_name)
         .get("acr-configuration")
         .await
@@ -570,7 +757,7 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
     // certificate or persisted configuration, while the controller process still runs.
     for _ in 0..2 {
         assert!(
-            mwcs.get_opt(&webhook_name).await.ok().flatten().is_none(),
+            support::is_absent(&mwcs, &webhook_name).await,
             "uninstall left the webhook"
         );
         for sa in ["default", "builder"] {
@@ -580,21 +767,18 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
             );
         }
         assert!(
-            secrets
-                .get_opt("aliyun-acr-credential-helper")
-                .await
-                .ok()
-                .flatten()
-                .is_none()
+            support::is_absent(&secrets, "aliyun-acr-credential-helper").await,
+            "uninstall left the pull Secret"
         );
         let own =
             Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &release_ns_name);
         for name in [
             "aliyun-acr-credential-helper-webhook-tls",
             "aliyun-acr-credential-helper-last-config",
+            "aliyun-acr-credential-helper-state",
         ] {
             assert!(
-                own.get_opt(name).await.ok().flatten().is_none(),
+                support::is_absent(&own, name).await,
                 "uninstall left Secret {name}"
             );
         }

@@ -10,6 +10,7 @@
 //!    meanwhile), then every reference to the pull Secret, every pull Secret of ours, the
 //!    webhook's certificate and the persisted configuration. It does not give the Lease back: it
 //!    runs out by itself, by which time every replica has seen the mark.
+//!    The state Secret (digest key and recorded logins) goes last with the other two.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,7 @@ pub struct CleanupSettings {
     pub config_name: String,
     pub secret_name: String,
     pub last_config_secret: String,
+    pub state_secret: String,
     pub webhook_configuration: String,
     pub webhook_tls_secret: String,
     pub lease: LeaseConfig,
@@ -177,7 +179,11 @@ async fn remove_everything(
     report.secrets = deleted.into_iter().filter(|d| *d).count();
 
     let own = Api::<Secret>::namespaced(client.clone(), &s.config_namespace);
-    for name in [&s.webhook_tls_secret, &s.last_config_secret] {
+    for name in [
+        &s.webhook_tls_secret,
+        &s.last_config_secret,
+        &s.state_secret,
+    ] {
         let found = own
             .get_opt(name)
             .await

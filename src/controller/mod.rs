@@ -18,6 +18,7 @@ pub mod queue;
 pub mod refresher;
 pub mod registration;
 pub mod spread;
+pub mod state;
 pub mod writes;
 
 use std::collections::{HashMap, HashSet};
@@ -78,6 +79,8 @@ pub enum Error {
     Lease(#[from] crate::leader::LeaseError),
     #[error("admission webhook: {0}")]
     Registration(String),
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -85,6 +88,7 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::Kube { .. } | Error::Lease(_) | Error::Registration(_) => "kube_api",
+            Error::Internal(_) => "internal",
             Error::ForeignSecret { .. } => "foreign_secret",
             Error::Conflicts { .. } => "conflict",
             Error::NotLeader => "not_leader",
@@ -125,6 +129,9 @@ pub struct Settings {
     pub secret_name: String,
     /// The Secret (in the configuration namespace) holding the last accepted configuration.
     pub last_config_secret: String,
+    /// The Secret (in the configuration namespace) holding the digest key and the record of the
+    /// published logins ([`crate::record`]).
+    pub state_secret: String,
     /// Namespaces reconciled at once.
     pub workers: usize,
     /// Secrets written per second during a refresh (spread over a window before the refresh
@@ -207,6 +214,17 @@ fn service_account_reference(ns: &str, name: &str) -> ObjectReference {
         name: Some(name.to_owned()),
         ..Default::default()
     }
+}
+
+/// Whether a pull Secret of ours that is about to be rewritten was edited by somebody else: its
+/// content is not one the controller wrote (see [`crate::plan::authentic`]). Right after a first
+/// install or an upgrade (`fresh_key`), a Secret without any digest is one an earlier version
+/// wrote, not an edit.
+fn edited_by_others(secret: &crate::index::SecretState, content: &Content) -> bool {
+    if !secret.managed || crate::plan::authentic(secret, &content.key) {
+        return false;
+    }
+    !(content.fresh_key && secret.digest.is_none())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -346,6 +364,13 @@ impl Term {
             index.record(|i| {
                 i.apply_secret(&written);
             });
+            if let Some(edited) = state
+                .secret
+                .as_ref()
+                .filter(|s| edited_by_others(s, content))
+            {
+                self.report_repair(ns, edited).await;
+            }
         }
         let total = plan.references.len() + usize::from(plan.secret == SecretStep::Delete);
         // Additions first, then removals; a few ServiceAccounts at once. One that cannot be
@@ -427,14 +452,39 @@ impl Term {
         }
     }
 
-    /// Until when the passwords in namespace `ns`'s Secret work, as its annotation says.
+    /// Until when the passwords in namespace `ns`'s Secret work: its expiry annotation, when the
+    /// controller wrote that Secret (somebody else's annotation decides nothing).
     fn valid_until(&self, ns: &str) -> Option<Timestamp> {
+        let content = self.content.borrow().clone()?;
         let index = self.shared.index.read();
         index
             .namespace(ns)
             .and_then(|n| n.secret.as_ref())
+            .filter(|s| crate::plan::authentic(s, &content.key))
             .and_then(|s| s.expires_at.as_deref())
             .and_then(|t| t.parse().ok())
+    }
+
+    /// A Warning Event on a pull Secret that somebody else had edited and the controller has just
+    /// rewritten.
+    async fn report_repair(&self, ns: &str, edited: &crate::index::SecretState) {
+        let name = &self.shared.settings.secret_name;
+        tracing::warn!(namespace = %ns, secret = %name, "the pull Secret was edited by someone else; rewritten with the controller's content");
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Secret".into()),
+            namespace: Some(ns.to_owned()),
+            name: Some(name.clone()),
+            uid: Some(edited.uid.to_string()).filter(|u| !u.is_empty()),
+            ..Default::default()
+        };
+        self.events
+            .warn(
+                &reference,
+                "SecretRepaired",
+                format!("Secret {ns}/{name} held content the controller did not write (edited by someone else); it was rewritten with the controller's, and nothing of the edit was kept or copied anywhere"),
+            )
+            .await;
     }
 
     async fn work(self: Arc<Self>) {
@@ -731,6 +781,9 @@ pub async fn lead(
         events,
         index: shared.index.clone(),
         refresh_rate: shared.settings.refresh_rate,
+        writer: term.writer.clone(),
+        state_namespace: shared.settings.config_namespace.clone(),
+        state_secret: shared.settings.state_secret.clone(),
     };
     let view_rx = shared.view.clone();
     let mut tasks = vec![tokio::spawn(async move {

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
 
 use crate::aliyun::cr::RegistryToken;
@@ -25,10 +24,14 @@ use crate::credentials::cache::refresh_point;
 use crate::credentials::{CredentialError, Edition, Registry, UsableToken};
 use crate::index::SharedIndex;
 use crate::metrics::{InstanceCategoryLabels, InstanceLabel, Metrics};
+use crate::record::{DigestKey, Record, RecordedLogin};
 use crate::render::{self, Login, SecretContent};
 
+use super::Error;
 use super::events::Events;
 use super::spread;
+use super::state::StateStore;
+use super::writes::Writer;
 
 /// How often the domains of an Enterprise instance are listed again.
 pub const DOMAINS_TTL: SignedDuration = SignedDuration::from_mins(10);
@@ -92,9 +95,6 @@ pub struct Slot {
     pub instance: Instance,
     pub token: Option<UsableToken>,
     pub obtained_at: Option<Timestamp>,
-    /// The login was taken over from the Secrets in the cluster (a restart, a new leader), not
-    /// fetched: it is refreshed `threshold` before it expires, as its fetcher planned.
-    pub adopted: bool,
     /// The login was obtained under the identity a previous configuration gave this registry:
     /// it is due for replacement now, and kept only until a login of the new identity comes
     /// (no Secret loses a working password over a credentials edit).
@@ -111,7 +111,6 @@ impl Slot {
             instance,
             token: None,
             obtained_at: None,
-            adopted: false,
             superseded: false,
             domains: None,
             domains_due: None,
@@ -128,7 +127,6 @@ impl Slot {
         Slot {
             token: old.token.clone(),
             obtained_at: old.obtained_at,
-            adopted: old.adopted,
             superseded,
             ..Slot::new(instance)
         }
@@ -150,12 +148,7 @@ impl Slot {
         if self.superseded {
             return Some(at);
         }
-        let refresh = if self.adopted {
-            let t = SignedDuration::try_from(threshold).unwrap_or(SignedDuration::MAX);
-            token.usable_until.checked_sub(t).unwrap_or(at).max(at)
-        } else {
-            refresh_point(at, token.usable_until, threshold)
-        };
+        let refresh = refresh_point(at, token.usable_until, threshold);
         Some(spread::fetch_at(at, refresh, window))
     }
 
@@ -201,68 +194,84 @@ pub struct Content {
     /// A refresh of what the Secrets hold (still valid): the namespaces may be written at a
     /// steady pace until then rather than all at once.
     pub spread_until: Option<Timestamp>,
+    /// The key the content is digested with, which tells the Secrets the controller wrote from
+    /// those somebody else wrote or edited.
+    pub key: DigestKey,
+    /// No key was stored before this term (a first install or an upgrade): a Secret without a
+    /// digest is then one an earlier version wrote, not an edit to report.
+    pub fresh_key: bool,
 }
 
-/// Takes the logins of `slots` over from a Secret's `.dockerconfigjson` when it holds, for every
-/// instance, the same login on each of its domains, and nothing else: after a restart or a
-/// failover the Secrets in place stay as they are until their refresh point, instead of all
-/// being rewritten with new passwords. Returns whether it did.
-pub fn adopt(
-    slots: &mut [Slot],
-    dockerconfigjson: &[u8],
-    expires_at: Timestamp,
-    now: Timestamp,
-) -> bool {
-    let Some(logins) = render::parse_logins(dockerconfigjson) else {
-        return false;
-    };
-    let mut tokens = Vec::new();
-    let mut covered = 0;
-    for slot in slots.iter() {
-        let Some(domains) = slot.domains.as_ref().filter(|d| !d.is_empty()) else {
-            return false;
+/// Takes over the logins the controller recorded (see [`crate::record`]) for the slots that
+/// have none: a login of exactly the instance's configured identity that still works. Nothing is
+/// ever taken from a pull Secret: those are in namespaces that tenants write. Returns how many
+/// were taken.
+pub fn adopt(slots: &mut [Slot], record: &Record, now: Timestamp) -> usize {
+    let mut taken = 0;
+    for slot in slots.iter_mut().filter(|s| s.token.is_none()) {
+        let Some(login) = record
+            .login(&slot.instance.label())
+            .filter(|l| l.identity == slot.instance.identity() && l.usable_until > now)
+        else {
+            continue;
         };
-        let mut login: Option<&(String, SecretString)> = None;
-        for d in domains {
-            let Some(l) = logins.get(d) else { return false };
-            match login {
-                None => login = Some(l),
-                Some(first) if first.0 == l.0 && first.1.expose_secret() == l.1.expose_secret() => {
-                }
-                Some(_) => return false,
-            }
-        }
-        covered += domains.len();
-        let Some((username, password)) = login else {
-            return false;
-        };
-        tokens.push(UsableToken {
+        slot.token = Some(UsableToken {
             token: RegistryToken {
-                username: username.clone(),
-                password: password.clone(),
-                expires_at,
+                username: login.username.clone(),
+                password: login.password.clone(),
+                expires_at: login.usable_until,
             },
-            usable_until: expires_at,
-            refresh_at: expires_at,
+            usable_until: login.usable_until,
+            refresh_at: login.usable_until,
         });
+        slot.obtained_at = Some(login.obtained_at);
+        slot.superseded = false;
+        taken += 1;
     }
-    // Domains the configuration no longer has would be dropped: that is a change to write.
-    if covered != logins.len() {
-        return false;
-    }
-    for (slot, token) in slots.iter_mut().zip(tokens) {
-        slot.token = Some(token);
-        slot.obtained_at = Some(now);
-        slot.adopted = true;
-    }
-    true
+    taken
 }
 
-/// The content the ready slots give. An instance without a login (its credentials fail) or
-/// without domains is left out, but only if `must_hold` (the instances the Secrets hold now)
-/// does not name it: no content ever drops a login the Secrets have. `None` when there is
-/// nothing to write, or when it would drop one.
-pub fn content_of(slots: &[Slot], must_hold: &BTreeSet<String>) -> Option<SecretContent> {
+/// The record of the logins the slots hold (what the Secrets will hold once published).
+pub fn record_of(slots: &[Slot]) -> Record {
+    Record {
+        logins: slots
+            .iter()
+            .filter_map(|s| {
+                let (token, obtained_at) = (s.token.as_ref()?, s.obtained_at?);
+                Some(RecordedLogin {
+                    instance: s.instance.label(),
+                    identity: s.login_identity(),
+                    username: token.token.username.clone(),
+                    password: token.token.password.clone(),
+                    obtained_at,
+                    usable_until: token.usable_until,
+                })
+            })
+            .collect(),
+    }
+}
+
+/// The configured instances whose recorded logins still work: the Secrets hold them, and no
+/// content may drop them (see [`content_of`]).
+pub fn held(record: &Record, configured: &[Instance], now: Timestamp) -> BTreeSet<String> {
+    let labels: BTreeSet<String> = configured.iter().map(Instance::label).collect();
+    record
+        .logins
+        .iter()
+        .filter(|l| l.usable_until > now && labels.contains(&l.instance))
+        .map(|l| l.instance.clone())
+        .collect()
+}
+
+/// The content the ready slots give, digested with `key`. An instance without a login (its
+/// credentials fail) or without domains is left out, but only if `must_hold` (the instances the
+/// Secrets hold now) does not name it: no content ever drops a login the Secrets have. `None`
+/// when there is nothing to write, or when it would drop one.
+pub fn content_of(
+    slots: &[Slot],
+    must_hold: &BTreeSet<String>,
+    key: &DigestKey,
+) -> Option<SecretContent> {
     let ready: Vec<&Slot> = slots.iter().filter(|s| s.ready()).collect();
     if ready.is_empty() {
         return None;
@@ -287,16 +296,17 @@ pub fn content_of(slots: &[Slot], must_hold: &BTreeSet<String>) -> Option<Secret
             });
         }
     }
-    Some(SecretContent {
-        dockerconfigjson: render::dockerconfigjson(&logins),
-        expires_at: ready
+    Some(SecretContent::new(
+        render::dockerconfigjson(&logins),
+        ready
             .iter()
             .filter_map(|s| s.token.as_ref().map(|t| t.usable_until))
             .min()
             .unwrap_or(Timestamp::MAX),
-        instances: ready.iter().map(|s| s.instance.label()).collect(),
-        identity: identity_of(&ready),
-    })
+        ready.iter().map(|s| s.instance.label()).collect(),
+        identity_of(&ready),
+        key,
+    ))
 }
 
 /// The identity fingerprint of the logins of `slots`.
@@ -334,6 +344,11 @@ pub struct Refresher {
     pub index: Arc<SharedIndex>,
     /// Secrets written per second during a refresh (the spread window follows from it).
     pub refresh_rate: u32,
+    /// The term's writer, for the state Secret.
+    pub writer: Writer,
+    /// Where the state Secret is: the release namespace and its name.
+    pub state_namespace: String,
+    pub state_secret: String,
 }
 
 /// What one fetch of a slot is for.
@@ -352,6 +367,20 @@ impl Refresher {
                 category: e.category().to_owned(),
             })
             .inc();
+    }
+
+    /// `acr_helper_token_expiry_timestamp_seconds` of every instance with a login.
+    fn report_expiry(&self, slots: &[Slot]) {
+        for s in slots {
+            if let Some(t) = &s.token {
+                self.metrics
+                    .token_expiry
+                    .get_or_create(&InstanceLabel {
+                        instance: s.instance.label(),
+                    })
+                    .set(t.usable_until.as_second());
+            }
+        }
     }
 
     /// The registry domains of the slot's instance: as configured, else all of an Enterprise
@@ -410,64 +439,10 @@ impl Refresher {
                 instance: inst.label(),
                 source,
             })?;
-        self.metrics
-            .token_expiry
-            .get_or_create(&InstanceLabel {
-                instance: inst.label(),
-            })
-            .set(t.usable_until.as_second());
         slot.token = Some(t);
         slot.obtained_at = Some(now);
-        slot.adopted = false;
         slot.superseded = false;
         Ok(())
-    }
-
-    /// The configured instances whose logins the Secrets in the cluster hold now.
-    fn held(&self, configured: &[Instance]) -> BTreeSet<String> {
-        let labels: BTreeSet<String> = configured.iter().map(Instance::label).collect();
-        let index = self.index.read();
-        let mut held = BTreeSet::new();
-        for (_, ns) in index.namespaces() {
-            let Some(s) = ns.secret.as_ref().filter(|s| s.managed) else {
-                continue;
-            };
-            if let Some(list) = s.instances.as_deref() {
-                held.extend(
-                    list.split(',')
-                        .filter(|l| labels.contains(*l))
-                        .map(str::to_owned),
-                );
-            }
-        }
-        held
-    }
-
-    /// The freshest content of ours in the cluster made for exactly `labels` under `identity`
-    /// and not yet due for refresh: its `.dockerconfigjson` and expiry.
-    fn adoptable(
-        &self,
-        labels: &str,
-        identity: &str,
-        threshold: Duration,
-        now: Timestamp,
-    ) -> Option<(Arc<[u8]>, Timestamp)> {
-        let margin = SignedDuration::try_from(threshold).unwrap_or(SignedDuration::MAX);
-        let index = self.index.read();
-        index
-            .namespaces()
-            .filter_map(|(_, ns)| ns.secret.as_ref())
-            .filter(|s| {
-                s.managed
-                    && s.instances.as_deref() == Some(labels)
-                    && s.identity.as_deref() == Some(identity)
-            })
-            .filter_map(|s| {
-                let expires: Timestamp = s.expires_at.as_deref()?.parse().ok()?;
-                Some((s.dockerconfigjson.clone()?, expires))
-            })
-            .filter(|(_, expires)| expires.checked_sub(margin).is_ok_and(|due| due > now))
-            .max_by_key(|(_, expires)| *expires)
     }
 
     /// Fetches `phase` for the due slots at once; failures schedule their retries.
@@ -534,8 +509,57 @@ impl Refresher {
         }
     }
 
+    /// The state Secret, read again until it can be (the term cannot write without its key).
+    async fn load_state(
+        &self,
+        cm_ref: Option<&k8s_openapi::api::core::v1::ObjectReference>,
+    ) -> StateStore {
+        let mut failures = 0u32;
+        loop {
+            match StateStore::load(
+                self.writer.clone(),
+                &self.state_namespace,
+                &self.state_secret,
+            )
+            .await
+            {
+                Ok(store) => {
+                    tracing::info!(
+                        secret = %format!("{}/{}", self.state_namespace, self.state_secret),
+                        recorded_logins = store.record.logins.len(),
+                        new_key = store.fresh,
+                        "read the controller's state"
+                    );
+                    return store;
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %e, "could not read the controller's state Secret; retrying");
+                    if failures == 1
+                        && let Some(r) = cm_ref
+                    {
+                        self.events
+                            .warn(
+                                r,
+                                "StateUnavailable",
+                                format!("{e}; no pull Secret is written until it can be read"),
+                            )
+                            .await;
+                    }
+                    tokio::time::sleep(retry_delay(
+                        failures,
+                        Timestamp::now(),
+                        None,
+                        rand::random(),
+                    ))
+                    .await;
+                }
+            }
+        }
+    }
+
     /// Runs until the task is dropped: follows the configuration in force, fetches what is due,
-    /// and publishes the content on `content`.
+    /// records the logins, and publishes the content on `content`.
     pub async fn run(
         &self,
         mut view: watch::Receiver<Arc<ConfigView>>,
@@ -543,8 +567,7 @@ impl Refresher {
     ) {
         let mut slots: Vec<Slot> = Vec::new();
         let mut config: Option<Arc<Config>> = None;
-        // Once per term and configuration: take over the logins the Secrets hold.
-        let mut adoption_tried = false;
+        let mut store: Option<StateStore> = None;
         loop {
             let current = view.borrow_and_update().clone();
             let cm_ref = current.configmap.clone();
@@ -575,11 +598,28 @@ impl Refresher {
                     }
                     slots = next;
                     config = Some(cfg.clone());
-                    adoption_tried = slots.iter().any(|s| s.token.is_some());
                 }
                 Some(_) => {}
             }
             let Some(cfg) = config.clone() else { continue };
+            let store = match &mut store {
+                Some(s) => s,
+                None => {
+                    let loaded = self.load_state(cm_ref.as_ref()).await;
+                    store.insert(loaded)
+                }
+            };
+            // A new term (a restart, a failover) or an instance added back: take over what the
+            // controller recorded, so the Secrets in place stay as they are until their refresh
+            // point instead of all being rewritten with new passwords.
+            let taken = adopt(&mut slots, &store.record, Timestamp::now());
+            if taken > 0 {
+                tracing::info!(
+                    logins = taken,
+                    "took over the recorded logins; no rewrite until their refresh point"
+                );
+                self.report_expiry(&slots);
+            }
             let threshold = cfg.expiring_threshold;
             let window = spread::window(
                 self.index.read().managed_secrets(),
@@ -611,17 +651,6 @@ impl Refresher {
                 cm_ref.as_ref(),
             )
             .await;
-            if !adoption_tried && slots.iter().all(|s| s.domains.is_some()) {
-                adoption_tried = true;
-                let labels: Vec<String> = slots.iter().map(|s| s.instance.label()).collect();
-                let identity = identity_of(&slots.iter().collect::<Vec<_>>());
-                if let Some((bytes, expires)) =
-                    self.adoptable(&labels.join(","), &identity, threshold, now)
-                    && adopt(&mut slots, &bytes, expires, now)
-                {
-                    tracing::info!(expires_at = %expires, "took over the passwords the Secrets hold; no rewrite until their refresh point");
-                }
-            }
             let need_login = due(&slots, Phase::Login)
                 .into_iter()
                 .filter(|&i| {
@@ -639,12 +668,24 @@ impl Refresher {
             )
             .await;
 
+            self.report_expiry(&slots);
+            // The record first: a leader that takes over after this point finds the logins the
+            // Secrets are about to hold. Should the write fail, the content is still published (a
+            // password must never expire for want of a record) and the write is tried again soon.
+            let record_retry = match store.save(record_of(&slots)).await {
+                Ok(()) => None,
+                Err(Error::NotLeader) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not record the published logins; retrying");
+                    Some(Duration::from_secs(2))
+                }
+            };
             let must_hold = if slots.iter().all(Slot::ready) {
                 BTreeSet::new()
             } else {
-                self.held(&cfg.instances)
+                held(&store.record, &cfg.instances, Timestamp::now())
             };
-            if let Some(c) = content_of(&slots, &must_hold) {
+            if let Some(c) = content_of(&slots, &must_hold, &store.key) {
                 let now = Timestamp::now();
                 // A refresh of what the Secrets hold may be spread over the window it was
                 // fetched ahead by; anything else is written at once.
@@ -663,6 +704,8 @@ impl Refresher {
                     secret: c,
                     configured: cfg.instances.clone(),
                     spread_until,
+                    key: store.key.clone(),
+                    fresh_key: store.fresh,
                 };
                 content.send_if_modified(|old| {
                     if old.as_ref().is_some_and(|o| o.secret == next.secret && o.configured == next.configured) {
@@ -680,6 +723,7 @@ impl Refresher {
                 .map(|t| t.duration_since(Timestamp::now()))
                 .map(|d| Duration::try_from(d).unwrap_or(Duration::ZERO))
                 .unwrap_or(Duration::from_secs(3600))
+                .min(record_retry.unwrap_or(Duration::MAX))
                 .clamp(Duration::from_millis(50), Duration::from_secs(3600));
             tokio::select! {
                 changed = view.changed() => if changed.is_err() { return },
@@ -802,33 +846,24 @@ mod tests {
         assert_eq!(s.next_fetch(S(900), z), Some(ts("2026-11-24T10:50:00Z")));
         // Nothing obtained yet: due now.
         assert_eq!(Slot::new(s.instance.clone()).next_fetch(S(900), z), None);
-        // An adopted login is refreshed the threshold before it expires, as planned by whoever
-        // fetched it (not at half of what is left of it).
-        let mut adopted = slot(1200, "2026-11-24T10:00:00Z");
-        adopted.domains_due = None;
-        adopted.adopted = true;
-        assert_eq!(
-            adopted.next_fetch(S(900), z),
-            Some(ts("2026-11-24T10:05:00Z"))
-        );
-        adopted.adopted = false;
-        assert_eq!(
-            adopted.next_fetch(S(900), z),
-            Some(ts("2026-11-24T10:10:00Z"))
-        );
+    }
+
+    fn key() -> DigestKey {
+        DigestKey::from_bytes(&[9; 32]).unwrap_or_else(|| panic!("key"))
     }
 
     #[test]
-    fn the_logins_a_secret_holds_are_adopted_only_when_they_match_the_configuration() {
+    fn only_the_recorded_logins_of_the_configured_identity_that_still_work_are_taken_over() {
         let now = ts("2026-11-24T10:00:00Z");
-        let expires = ts("2026-11-24T10:50:00Z");
         let a = slot(3600, "2026-11-24T09:50:00Z");
         let mut b = slot(3600, "2026-11-24T09:50:00Z");
         b.instance.edition = Edition::Enterprise {
             instance_id: "cri-b".into(),
         };
         b.domains = Some(vec!["b.example.com".into(), "b-vpc.example.com".into()]);
-        let written = content_of(&[a.clone(), b.clone()], &BTreeSet::new())
+        let record = record_of(&[a.clone(), b.clone()]);
+        assert_eq!(record.logins.len(), 2);
+        let written = content_of(&[a.clone(), b.clone()], &BTreeSet::new(), &key())
             .unwrap_or_else(|| panic!("no content"));
         let fresh = |s: &Slot| {
             let mut s = s.clone();
@@ -837,49 +872,50 @@ mod tests {
             s
         };
         let mut slots = vec![fresh(&a), fresh(&b)];
-        assert!(adopt(&mut slots, &written.dockerconfigjson, expires, now));
-        assert!(slots.iter().all(|s| s.adopted && s.token.is_some()));
-        // Rebuilt from the adopted logins, the content is byte for byte what the Secret holds,
-        // with the expiry its annotation says: nothing to write.
-        let rebuilt = content_of(&slots, &BTreeSet::new()).unwrap_or_else(|| panic!("no content"));
-        assert_eq!(rebuilt.dockerconfigjson, written.dockerconfigjson);
-        assert_eq!(rebuilt.expires_at, expires);
-        // A domain the configuration no longer has, one it has newly, or another login on one of
-        // an instance's domains: not adoptable.
-        let mut fewer = vec![fresh(&a)];
-        assert!(!adopt(&mut fewer, &written.dockerconfigjson, expires, now));
-        let mut more = vec![fresh(&a), fresh(&b)];
-        more[1].domains = Some(vec![
-            "b.example.com".into(),
-            "b-vpc.example.com".into(),
-            "new.example.com".into(),
-        ]);
-        assert!(!adopt(&mut more, &written.dockerconfigjson, expires, now));
-        let pw = SecretString::from("other");
-        let mixed = render::dockerconfigjson(&[
-            Login {
-                domain: "a.example.com",
-                username: "u",
-                password: &SecretString::from("p"),
-            },
-            Login {
-                domain: "b.example.com",
-                username: "u",
-                password: &pw,
-            },
-            Login {
-                domain: "b-vpc.example.com",
-                username: "u",
-                password: &SecretString::from("p"),
-            },
-        ]);
-        let mut slots = vec![fresh(&a), fresh(&b)];
-        assert!(!adopt(&mut slots, &mixed, expires, now));
-        assert!(
-            slots.iter().all(|s| s.token.is_none()),
-            "nothing adopted halfway"
+        assert_eq!(adopt(&mut slots, &record, now), 2);
+        // Rebuilt from the recorded logins, the content is byte for byte what the Secrets hold
+        // (nothing to write), and the logins are refreshed when their fetcher planned.
+        let rebuilt =
+            content_of(&slots, &BTreeSet::new(), &key()).unwrap_or_else(|| panic!("no content"));
+        assert_eq!(rebuilt, written);
+        assert_eq!(slots[0].obtained_at, a.obtained_at);
+        assert_eq!(
+            slots[0].token_due(S(900), Duration::ZERO),
+            a.token_due(S(900), Duration::ZERO)
         );
-        assert!(!adopt(&mut slots, b"not json", expires, now));
+        // A slot that has a login keeps it.
+        let mut kept = vec![a.clone()];
+        let mut other = record.clone();
+        other.logins[0].password = SecretString::from("another");
+        assert_eq!(adopt(&mut kept, &other, now), 0);
+        // Another identity (an edit while no leader ran), or an expired login: not taken.
+        let mut assumed = fresh(&a);
+        assumed.instance.auth.assume_role = Some(crate::credentials::AssumedRole {
+            role_arn: "acs:ram::1:role/x".into(),
+            duration_seconds: 900,
+        });
+        let mut slots = vec![assumed];
+        assert_eq!(adopt(&mut slots, &record, now), 0);
+        assert!(slots[0].token.is_none());
+        let mut slots = vec![fresh(&a)];
+        assert_eq!(adopt(&mut slots, &record, ts("2026-11-24T10:50:00Z")), 0);
+        // A superseded login is recorded as such and never taken as the new identity's.
+        let mut superseded = a.clone();
+        superseded.superseded = true;
+        let mut slots = vec![fresh(&a)];
+        assert_eq!(adopt(&mut slots, &record_of(&[superseded]), now), 0);
+        // What the record holds is what no content may drop, while it works.
+        let labels = |s: &[Slot]| s.iter().map(|s| s.instance.clone()).collect::<Vec<_>>();
+        let configured = labels(&[a.clone(), b.clone()]);
+        assert_eq!(
+            held(&record, &configured, now),
+            BTreeSet::from(["cri-a".to_owned(), "cri-b".to_owned()])
+        );
+        assert_eq!(
+            held(&record, &labels(std::slice::from_ref(&a)), now),
+            BTreeSet::from(["cri-a".to_owned()])
+        );
+        assert!(held(&record, &configured, ts("2026-11-24T10:50:00Z")).is_empty());
     }
 
     #[test]
@@ -891,7 +927,8 @@ mod tests {
         };
         b.domains = Some(vec!["b.example.com".into()]);
         let none = BTreeSet::new();
-        let c = content_of(&[a.clone(), b.clone()], &none).unwrap_or_else(|| panic!("no content"));
+        let c = content_of(&[a.clone(), b.clone()], &none, &key())
+            .unwrap_or_else(|| panic!("no content"));
         assert_eq!(c.instances, vec!["cri-a", "cri-b"]);
         assert_eq!(c.expires_at, ts("2026-11-24T10:30:00Z"));
         let doc: serde_json::Value =
@@ -900,21 +937,21 @@ mod tests {
         // A new instance whose credentials fail: the others' logins are still written...
         let mut no_token = b.clone();
         no_token.token = None;
-        let only_a = content_of(&[a.clone(), no_token.clone()], &none)
+        let only_a = content_of(&[a.clone(), no_token.clone()], &none, &key())
             .unwrap_or_else(|| panic!("no content"));
         assert_eq!(only_a.instances, vec!["cri-a"]);
         // ...but never instead of a login the Secrets hold.
         let held: BTreeSet<String> = ["cri-b".to_owned()].into();
-        assert!(content_of(&[a.clone(), no_token], &held).is_none());
+        assert!(content_of(&[a.clone(), no_token], &held, &key()).is_none());
         // No domain is no login either.
         let mut no_domain = b;
         no_domain.domains = Some(vec![]);
-        assert!(content_of(&[a.clone(), no_domain.clone()], &held).is_none());
+        assert!(content_of(&[a.clone(), no_domain.clone()], &held, &key()).is_none());
         assert_eq!(
-            content_of(&[a, no_domain], &none).map(|c| c.instances),
+            content_of(&[a, no_domain], &none, &key()).map(|c| c.instances),
             Some(vec!["cri-a".to_owned()])
         );
-        assert!(content_of(&[], &none).is_none());
+        assert!(content_of(&[], &none, &key()).is_none());
     }
 
     #[test]
@@ -964,10 +1001,10 @@ mod tests {
         let mut ready = s.clone();
         ready.domains = a.domains.clone();
         let held = BTreeSet::new();
-        let before = content_of(std::slice::from_ref(&a), &held).map(|c| c.identity);
-        let carried = content_of(std::slice::from_ref(&ready), &held).map(|c| c.identity);
+        let before = content_of(std::slice::from_ref(&a), &held, &key()).map(|c| c.identity);
+        let carried = content_of(std::slice::from_ref(&ready), &held, &key()).map(|c| c.identity);
         ready.superseded = false;
-        let fresh = content_of(std::slice::from_ref(&ready), &held).map(|c| c.identity);
+        let fresh = content_of(std::slice::from_ref(&ready), &held, &key()).map(|c| c.identity);
         assert!(before.is_some() && carried.is_some() && fresh.is_some());
         assert_ne!(before, fresh);
         assert_ne!(carried, fresh);

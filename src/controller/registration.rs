@@ -27,6 +27,10 @@ pub enum RegisterError {
     Certificate(#[from] certs::CertError),
     #[error(transparent)]
     Write(#[from] super::Error),
+    #[error(
+        "the MutatingWebhookConfiguration {0} does not exist and this ServiceAccount may not create one; the chart creates it: run `helm upgrade` (or apply deploy/) to bring it back"
+    )]
+    Missing(String),
 }
 
 /// What the registration depends on in the configuration in force.
@@ -59,25 +63,40 @@ pub async fn reconcile(
     let webhook = &registration.webhook;
     let client = writer.client();
     let mwcs = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    let current = mwcs.get_opt(&settings.configuration_name).await?;
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
     if !webhook.any() {
-        if mwcs.get_opt(&settings.configuration_name).await?.is_some() {
+        // The registration is the chart's (the controller may not create one): disabling empties
+        // it rather than deleting it, so enabling again works. `cleanup` removes it.
+        if current
+            .as_ref()
+            .is_some_and(|c| c.webhooks.as_ref().is_some_and(|w| !w.is_empty()))
+        {
+            let empty = webhook_configuration(settings, namespace, registration, None);
             writer
-                .write(mwcs.delete(&settings.configuration_name, &DeleteParams::default()))
+                .write(mwcs.patch(&settings.configuration_name, &pp, &Patch::Apply(&empty)))
                 .await??;
-            tracing::info!(name = %settings.configuration_name, "webhook disabled: removed its MutatingWebhookConfiguration");
+            tracing::info!(name = %settings.configuration_name, "webhooks disabled: emptied the MutatingWebhookConfiguration");
         }
         return Ok(());
     }
     let bundle = ensure_certificate(writer, settings, namespace).await?;
-    let desired = webhook_configuration(settings, namespace, registration, &bundle.ca_cert);
-    let current = mwcs.get_opt(&settings.configuration_name).await?;
+    let desired = webhook_configuration(settings, namespace, registration, Some(&bundle.ca_cert));
     if current.as_ref().map(|c| &c.webhooks) == Some(&desired.webhooks) {
         return Ok(());
     }
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    writer
+    match writer
         .write(mwcs.patch(&settings.configuration_name, &pp, &Patch::Apply(&desired)))
-        .await??;
+        .await?
+    {
+        Ok(_) => {}
+        // Applying an object that does not exist creates it, which the chart's RBAC does not
+        // allow: the chart creates the registration (and `helm upgrade` brings it back).
+        Err(kube::Error::Api(e)) if current.is_none() && e.code == 403 => {
+            return Err(RegisterError::Missing(settings.configuration_name.clone()));
+        }
+        Err(e) => return Err(e.into()),
+    }
     tracing::info!(
         name = %settings.configuration_name,
         service_accounts = webhook.enable,
@@ -183,14 +202,24 @@ fn client_config(
     }
 }
 
+/// The registration the configuration asks for; with no CA (no webhook enabled), no webhooks.
 fn webhook_configuration(
     settings: &WebhookSettings,
     namespace: &str,
     registration: &Registration,
-    ca_cert: &str,
+    ca_cert: Option<&str>,
 ) -> MutatingWebhookConfiguration {
     let webhook = &registration.webhook;
     let mut webhooks = Vec::new();
+    let Some(ca_cert) = ca_cert else {
+        return serde_json::from_value(serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": settings.configuration_name},
+            "webhooks": webhooks,
+        }))
+        .unwrap_or_default();
+    };
     if webhook.enable {
         webhooks.push(serde_json::json!({
             "name": WEBHOOK_NAME,
@@ -259,13 +288,11 @@ fn webhook_configuration(
             "clientConfig": client_config(settings, namespace, POD_PATH, ca_cert),
         }));
     }
+    // No labels: the object's metadata is the chart's (Helm labels it), only `webhooks` is ours.
     let value = serde_json::json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
-        "metadata": {
-            "name": settings.configuration_name,
-            "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE},
-        },
+        "metadata": {"name": settings.configuration_name},
         "webhooks": webhooks,
     });
     serde_json::from_value(value).unwrap_or_default()
@@ -276,14 +303,36 @@ fn base64_encode(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-/// Removes the MutatingWebhookConfiguration (uninstall).
+/// The annotation Helm puts on every object of a release.
+const HELM_RELEASE_ANNOTATION: &str = "meta.helm.sh/release-name";
+
+/// Takes the webhooks out of service (uninstall, `cleanup`): a registration of a Helm release is
+/// emptied (Helm deletes it with the release, and it is there again should the controller
+/// resume), any other is deleted. Returns whether there was one.
 pub async fn remove(writer: &Writer, name: &str) -> Result<bool, RegisterError> {
     let api = Api::<MutatingWebhookConfiguration>::all(writer.client().clone());
-    match writer
-        .write(api.delete(name, &DeleteParams::default()))
-        .await?
-    {
-        Ok(_) => Ok(true),
+    let Some(current) = api.get_opt(name).await? else {
+        return Ok(false);
+    };
+    let helm_owned = current
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(HELM_RELEASE_ANNOTATION));
+    let written = if helm_owned {
+        let empty = serde_json::json!({"webhooks": null});
+        writer
+            .write(api.patch(name, &Writer::patch_params(), &Patch::Merge(&empty)))
+            .await?
+            .map(|_| ())
+    } else {
+        writer
+            .write(api.delete(name, &DeleteParams::default()))
+            .await?
+            .map(|_| ())
+    };
+    match written {
+        Ok(()) => Ok(true),
         Err(e) if crate::kube_errors::is_not_found(&e) => Ok(false),
         Err(e) => Err(e.into()),
     }

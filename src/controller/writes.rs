@@ -17,9 +17,9 @@ use crate::index::{SaState, SecretState};
 use crate::kube_errors::{is_conflict, is_not_found};
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
+use crate::plan::holds;
 use crate::render::{
     DOCKER_CONFIG_KEY, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SecretContent, desired_pull_secrets,
-    is_managed,
 };
 
 /// The field manager of every write (stable: GitOps tools are told to ignore it, see the README).
@@ -154,13 +154,12 @@ impl Writer {
                         .await
                         .map_err(|e| kube_error("get", "Secret", &object(ns, name), &e))?;
                     match fresh {
-                        Some(s) if is_managed(&s.metadata) && content.matches(&s) => {
-                            return Ok(s);
-                        }
                         Some(s) => {
-                            let managed = is_managed(&s.metadata);
-                            current =
-                                Some((s.metadata.resource_version.unwrap_or_default(), managed));
+                            let state = SecretState::of(&s);
+                            if holds(&state, content) {
+                                return Ok(s);
+                            }
+                            current = Some((state.resource_version.to_string(), state.managed));
                         }
                         None => current = None,
                     }

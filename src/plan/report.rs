@@ -270,6 +270,7 @@ mod tests {
         let ours: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
             "metadata": {"namespace": "a", "name": "ours", "uid": "u", "resourceVersion": "1",
                          "labels": {crate::render::MANAGED_BY_LABEL: crate::render::MANAGED_BY_VALUE}},
+            "type": crate::render::DOCKER_CONFIG_TYPE,
         }))
         .unwrap_or_else(|e| panic!("{e}"));
         i.apply_secret(&ours);

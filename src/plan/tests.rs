@@ -5,6 +5,7 @@ use secrecy::SecretString;
 
 use super::*;
 use crate::index::{Rv, SaState};
+use crate::record::DigestKey;
 use crate::render::{self, Login, MANAGED_BY_VALUE};
 
 const OURS: &str = "acr";
@@ -16,18 +17,23 @@ fn config(namespaces: &str, service_accounts: &str) -> Config {
     ])
 }
 
+fn key() -> DigestKey {
+    DigestKey::from_bytes(&[3; 32]).unwrap_or_else(|| panic!("key"))
+}
+
 fn content(password: &str) -> SecretContent {
     let pw = SecretString::from(password.to_owned());
-    SecretContent {
-        dockerconfigjson: render::dockerconfigjson(&[Login {
+    SecretContent::new(
+        render::dockerconfigjson(&[Login {
             domain: "r.example.com",
             username: "u",
             password: &pw,
         }]),
-        expires_at: Timestamp::UNIX_EPOCH,
-        instances: vec!["cri-a".into()],
-        identity: "0123456789abcdef".into(),
-    }
+        Timestamp::UNIX_EPOCH,
+        vec!["cri-a".into()],
+        "0123456789abcdef".into(),
+        &key(),
+    )
 }
 
 fn secret_state(managed: bool, of: Option<&SecretContent>) -> SecretState {
@@ -35,11 +41,11 @@ fn secret_state(managed: bool, of: Option<&SecretContent>) -> SecretState {
         uid: "uid".into(),
         resource_version: Rv::Number(1),
         managed,
-        docker_type: true,
         dockerconfigjson: of.map(|c| Arc::from(c.dockerconfigjson.as_slice())),
         expires_at: of.map(|c| c.expires_at.to_string().into()),
         instances: of.map(|c| c.instances.join(",").into()),
         identity: of.map(|c| c.identity.as_str().into()),
+        digest: of.map(|c| c.digest.as_str().into()),
         seen: 0,
     }
 }
@@ -247,4 +253,34 @@ fn a_converged_namespace_needs_nothing() {
     assert!(!holds(&secret_state(false, Some(&current)), &current));
     assert!(holds(&secret_state(true, Some(&current)), &current));
     assert_eq!(MANAGED_BY_VALUE, "aliyun-acr-credential-helper");
+}
+
+#[test]
+fn only_content_the_controller_wrote_is_authentic() {
+    let ours = content("pw");
+    let written = secret_state(true, Some(&ours));
+    assert!(authentic(&written, &key()));
+    assert!(holds(&written, &ours));
+    // A tenant rewrites the password, or only the expiry, keeping every annotation of ours.
+    let planted = content("planted");
+    let mut tampered = written.clone();
+    tampered.dockerconfigjson = Some(Arc::from(planted.dockerconfigjson.as_slice()));
+    assert!(!authentic(&tampered, &key()));
+    assert!(!holds(&tampered, &ours));
+    let mut later = written.clone();
+    later.expires_at = Some("2099-01-01T00:00:00Z".into());
+    assert!(!authentic(&later, &key()));
+    assert!(!holds(&later, &ours));
+    // Without a digest, under another key, or not ours at all: not authentic.
+    let mut bare = written.clone();
+    bare.digest = None;
+    assert!(!authentic(&bare, &key()));
+    let other = DigestKey::from_bytes(&[4; 32]).unwrap_or_else(|| panic!("key"));
+    assert!(!authentic(&written, &other));
+    let mut foreign = written.clone();
+    foreign.managed = false;
+    assert!(!authentic(&foreign, &key()));
+    // An older content of ours is authentic (just stale): it is updated, not reported as repaired.
+    let old = secret_state(true, Some(&content("old")));
+    assert!(authentic(&old, &key()) && !holds(&old, &ours));
 }

@@ -349,6 +349,7 @@ mod tests {
         let mut index = Index::default();
         let foreign: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
             "metadata": {"namespace": "team-a", "name": "ours", "uid": "u", "resourceVersion": "1"},
+            "type": crate::render::DOCKER_CONFIG_TYPE,
         }))
         .unwrap_or_else(|e| panic!("{e}"));
         index.apply_secret(&foreign);

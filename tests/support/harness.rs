@@ -40,7 +40,102 @@ pub struct Harness {
     pub identity: String,
     kubeconfig: PathBuf,
     binding: String,
+    /// The chart's admission policies for this controller (names of the policies and bindings).
+    policies: Vec<String>,
     dir: PathBuf,
+}
+
+/// The ValidatingAdmissionPolicies (and bindings) the chart ships, rendered for a release `release`
+/// in `namespace` whose pull Secret is `secret_name`, with more `--set` values; only those whose
+/// names end with one of `kinds` (`-secrets`, `-serviceaccounts`, `-configmap`, `-webhook`).
+pub fn chart_policies(
+    release: &str,
+    namespace: &str,
+    secret_name: &str,
+    set: &[&str],
+    kinds: &[&str],
+) -> Vec<Value> {
+    let mut args = vec![
+        "template".to_owned(),
+        release.to_owned(),
+        "charts/aliyun-acr-credential-helper".to_owned(),
+        "-n".to_owned(),
+        namespace.to_owned(),
+        "--kube-version".to_owned(),
+        "1.37.1".to_owned(),
+        "--api-versions".to_owned(),
+        "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy".to_owned(),
+        "--show-only".to_owned(),
+        "templates/admission-policies.yaml".to_owned(),
+        "--set".to_owned(),
+        format!("pullSecretName={secret_name}"),
+    ];
+    for s in set {
+        args.extend(["--set".to_owned(), (*s).to_owned()]);
+    }
+    let out = Command::new(control_plane().binary("helm"))
+        .args(&args)
+        .current_dir(super::repo_root())
+        .output()
+        .unwrap_or_else(|e| panic!("helm template: {e}"));
+    assert!(
+        out.status.success(),
+        "helm template of the policies: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple(&String::from_utf8_lossy(&out.stdout))
+        .unwrap_or_else(|e| panic!("the rendered policies: {e}"));
+    docs.into_iter()
+        .filter(|d| d.is_object())
+        .filter(|d| {
+            let name = d["metadata"]["name"].as_str().unwrap_or_default();
+            kinds.iter().any(|k| name.ends_with(k))
+        })
+        .collect()
+}
+
+/// The API of a ValidatingAdmissionPolicy or its binding (`kind`).
+pub fn policy_api(client: &Client, kind: &str) -> Api<kube::core::DynamicObject> {
+    let gvk = kube::core::GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind);
+    let plural = if kind == "ValidatingAdmissionPolicy" {
+        "validatingadmissionpolicies"
+    } else {
+        "validatingadmissionpolicybindings"
+    };
+    Api::all_with(
+        client.clone(),
+        &kube::core::ApiResource::from_gvk_with_plural(&gvk, plural),
+    )
+}
+
+/// Creates `docs` (policies and bindings); returns "kind/name" of each, for [`delete_policies`].
+pub async fn create_policies(client: &Client, docs: &[Value]) -> Vec<String> {
+    let mut made = Vec::new();
+    for d in docs {
+        let kind = d["kind"].as_str().unwrap_or_default().to_owned();
+        let obj: kube::core::DynamicObject =
+            serde_json::from_value(d.clone()).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        policy_api(client, &kind)
+            .create(&PostParams::default(), &obj)
+            .await
+            .unwrap_or_else(|e| panic!("create {kind}: {e}"));
+        made.push(format!(
+            "{kind}/{}",
+            d["metadata"]["name"].as_str().unwrap_or_default()
+        ));
+    }
+    made
+}
+
+/// Deletes what [`create_policies`] made.
+pub async fn delete_policies(client: &Client, made: &[String]) {
+    for m in made {
+        if let Some((kind, name)) = m.split_once('/') {
+            let _ = policy_api(client, kind)
+                .delete(name, &DeleteParams::default())
+                .await;
+        }
+    }
 }
 
 /// A running controller process, killed when dropped.
@@ -169,10 +264,23 @@ impl Harness {
             &kubeconfig,
         )
         .await;
+        // Whatever role the test binds, the controller runs confined by the chart's policies for
+        // Secrets, ServiceAccounts and the ConfigMap, as an installed chart is. (The webhook
+        // policy names the registered URL, which the tests choose per process: tests/chart.rs
+        // covers it.)
+        let secret_name = format!("acr-{}", config_ns.name);
+        let docs = chart_policies(
+            &config_ns.name,
+            &config_ns.name,
+            &secret_name,
+            &[],
+            &["-secrets", "-serviceaccounts", "-configmap"],
+        );
+        let policies = create_policies(&client, &docs).await;
         Harness {
             client,
             fake,
-            secret_name: format!("acr-{}", config_ns.name),
+            secret_name,
             identity: format!(
                 "system:serviceaccount:{}:aliyun-acr-credential-helper",
                 config_ns.name
@@ -180,6 +288,7 @@ impl Harness {
             config_ns,
             kubeconfig,
             binding,
+            policies,
             dir,
         }
     }
@@ -474,6 +583,7 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         let binding = self.binding.clone();
+        let policies = std::mem::take(&mut self.policies);
         let kubeconfig = control_plane().kubeconfig.clone();
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -493,9 +603,10 @@ impl Drop for Harness {
                 let Ok(client) = Client::try_from(cfg) else {
                     return;
                 };
-                let _ = Api::<ClusterRoleBinding>::all(client)
+                let _ = Api::<ClusterRoleBinding>::all(client.clone())
                     .delete(&binding, &DeleteParams::default())
                     .await;
+                delete_policies(&client, &policies).await;
             });
         })
         .join();

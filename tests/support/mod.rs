@@ -241,6 +241,46 @@ impl Drop for TestNamespace {
     }
 }
 
+/// Runs the control plane's helm with `args` from the repository root, with a cache and
+/// configuration of the tests' own.
+pub fn helm(args: &[&str]) -> std::process::Output {
+    let cp = control_plane();
+    let home = std::env::temp_dir().join("acr-helper-helm");
+    Command::new(cp.binary("helm"))
+        .args(args)
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .current_dir(repo_root())
+        .output()
+        .unwrap_or_else(|e| panic!("helm {args:?}: {e}"))
+}
+
+/// The standard output of a command that must have succeeded (else the test fails with both
+/// outputs).
+pub fn ok(out: std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether `name` is absent: only a 404 says so; any other error (403, 500) fails the test, so a
+/// "nothing is left" check cannot pass because the read was refused.
+pub async fn is_absent<K>(api: &kube::Api<K>, name: &str) -> bool
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.get_opt(name).await {
+        Ok(found) => found.is_none(),
+        Err(e) => panic!("get {name}: {e}"),
+    }
+}
+
 /// Polls `check` until it returns true; panics naming `what` after `timeout`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
 where

@@ -32,5 +32,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - --webhook-configuration={{ include "acr-helper.fullname" . }}
 - --webhook-tls-secret={{ include "acr-helper.name" . }}-webhook-tls
 - --last-config-secret={{ include "acr-helper.name" . }}-last-config
+- --state-secret={{ include "acr-helper.name" . }}-state
 - --lease-name={{ include "acr-helper.name" . }}
 {{- end -}}
