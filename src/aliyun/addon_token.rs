@@ -42,8 +42,10 @@ pub enum AddonTokenError {
     Expiration(String),
 }
 
+/// The `addon.token.config` document. No `Debug` (see `redaction_tests`): the fields are
+/// encrypted with the keyring it carries.
 #[derive(Deserialize)]
-struct TokenConfig {
+pub(super) struct TokenConfig {
     #[serde(rename = "access.key.id")]
     access_key_id: Option<String>,
     #[serde(rename = "access.key.secret")]

@@ -76,9 +76,10 @@ pub struct Cr {
     endpoint_template: String,
 }
 
+/// What GetAuthorizationToken answers. Answer types have no `Debug` (see `redaction_tests`).
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct EnterpriseToken {
+pub(super) struct EnterpriseToken {
     is_success: Option<bool>,
     code: Option<String>,
     request_id: Option<String>,
@@ -97,14 +98,15 @@ struct Endpoints {
     endpoints: Vec<InstanceEndpoint>,
 }
 
+/// What the Personal Edition's `GET /tokens` answers.
 #[derive(Deserialize)]
-struct PersonalAnswer {
+pub(super) struct PersonalAnswer {
     data: PersonalToken,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct PersonalToken {
+pub(super) struct PersonalToken {
     authorization_token: SecretString,
     temp_user_name: String,
     expire_date: i64,

@@ -62,11 +62,28 @@ impl Default for HttpOptions {
     }
 }
 
+/// The largest answer read from any cloud API, error answers included. The largest legitimate
+/// one, ListInstanceEndpoint of an instance with many domains, is a few KiB: anything past this
+/// is a broken or hostile endpoint, and reading it whole would let it exhaust the memory.
+pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
 /// A successful answer.
-#[derive(Debug)]
 pub struct Reply {
     pub status: u16,
+    /// May hold AccessKeySecrets, SecurityTokens or registry passwords: `Debug` shows its length.
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("status", &self.status)
+            .field(
+                "body",
+                &format_args!("[REDACTED, {} bytes]", self.body.len()),
+            )
+            .finish()
+    }
 }
 
 /// Told of every attempt of every cloud call: the API, and `ok` or the error's category.
@@ -180,9 +197,27 @@ impl Http {
                 }
             }
         };
-        let response = self.client.execute(request).await.map_err(transport)?;
+        let mut response = self.client.execute(request).await.map_err(transport)?;
         let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(transport)?.to_vec();
+        let too_large = || CloudError::InvalidResponse {
+            api,
+            detail: format!("the answer is larger than {MAX_ANSWER_BYTES} bytes; refused"),
+        };
+        // The declared length refuses an oversized answer before any of it is read; the count of
+        // what arrives refuses one that declares nothing (chunked) or too little.
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
         if (200..300).contains(&status) {
             return Ok(Reply { status, body });
         }
@@ -202,9 +237,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Alibaba Cloud's error document: RPC APIs use PascalCase keys, ROA APIs lower camel case.
-#[derive(Debug, Deserialize)]
-struct ErrorDocument {
+/// Alibaba Cloud's error document: RPC APIs use PascalCase keys, ROA APIs lower camel case. No
+/// `Debug`: the raw message may echo the signed string, SecurityToken included.
+#[derive(Deserialize)]
+pub(super) struct ErrorDocument {
     #[serde(alias = "code")]
     #[serde(rename = "Code")]
     code: Option<String>,
@@ -269,6 +305,122 @@ mod tests {
         // Jitter: not every draw is the same.
         let draws: std::collections::BTreeSet<Duration> = (0..50).map(|_| p.backoff(4)).collect();
         assert!(draws.len() > 5, "{draws:?}");
+    }
+
+    /// A one-answer-per-connection HTTP server on 127.0.0.1 that sends `head` then `body` to
+    /// every request, whatever it asks.
+    async fn serve(head: String, body: Vec<u8>) -> url::Url {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (head, body) = (head.clone(), body.clone());
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    // The client hangs up on an oversized answer: write errors are expected.
+                    let _ = conn.write_all(head.as_bytes()).await;
+                    let _ = conn.write_all(&body).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        url::Url::parse(&format!("http://{addr}/")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn get(url: &url::Url) -> Result<Reply, CloudError> {
+        install_crypto_provider();
+        let http = Http::new(&HttpOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+        http.send("AssumeRole", || {
+            http.client()
+                .get(url.clone())
+                .build()
+                .map_err(|e| CloudError::Client(e.to_string()))
+        })
+        .await
+    }
+
+    /// An answer of `len` bytes of a marker that must never show in an error.
+    fn big_body(len: usize) -> Vec<u8> {
+        b"s3cr3t-body-".iter().copied().cycle().take(len).collect()
+    }
+
+    fn assert_refused_as_too_large(result: Result<Reply, CloudError>) {
+        match result {
+            Err(e @ CloudError::InvalidResponse { .. }) => {
+                assert_eq!(e.category(), "cloud_invalid_response");
+                let text = e.to_string();
+                assert!(text.starts_with("AssumeRole: "), "{text}");
+                assert!(text.contains(&MAX_ANSWER_BYTES.to_string()), "{text}");
+                assert!(!text.contains("s3cr3t"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_declaring_more_than_the_cap_is_refused_unread() {
+        // Only a few bytes follow the declaration: reading on would fail as a broken transfer.
+        let len = 2 * MAX_ANSWER_BYTES;
+        let url = serve(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+            ),
+            big_body(16),
+        )
+        .await;
+        assert_refused_as_too_large(get(&url).await);
+    }
+
+    #[tokio::test]
+    async fn a_chunked_answer_growing_past_the_cap_is_refused() {
+        let mut body = Vec::new();
+        for chunk in big_body(2 * MAX_ANSWER_BYTES).chunks(64 * 1024) {
+            body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            body.extend_from_slice(chunk);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"0\r\n\r\n");
+        let url = serve(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_owned(),
+            body,
+        )
+        .await;
+        assert_refused_as_too_large(get(&url).await);
+    }
+
+    #[tokio::test]
+    async fn answers_up_to_the_cap_are_read_whole() {
+        for len in [2, MAX_ANSWER_BYTES] {
+            let url = serve(
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n"),
+                big_body(len),
+            )
+            .await;
+            let reply = get(&url).await.unwrap_or_else(|e| panic!("{len}: {e}"));
+            assert_eq!(reply.status, 200);
+            assert_eq!(reply.body, big_body(len));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_error_answer_is_refused_too() {
+        let len = MAX_ANSWER_BYTES + 1;
+        let url = serve(
+            format!("HTTP/1.1 403 Forbidden\r\ncontent-length: {len}\r\n\r\n"),
+            big_body(len),
+        )
+        .await;
+        assert_refused_as_too_large(get(&url).await);
     }
 
     #[test]

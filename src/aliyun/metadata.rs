@@ -21,9 +21,11 @@ pub struct Metadata {
     hardened_only: bool,
 }
 
+/// What the metadata service answers for a role. Answer types have no `Debug` (see
+/// `redaction_tests`).
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct RoleCredentials {
+pub(super) struct RoleCredentials {
     code: Option<String>,
     access_key_id: Option<String>,
     access_key_secret: Option<SecretString>,

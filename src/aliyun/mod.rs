@@ -44,6 +44,18 @@ impl fmt::Debug for Credential {
     }
 }
 
+/// `Debug` of a map whose values may be secrets (signed form fields, headers): its keys, each
+/// with `[REDACTED]`.
+pub(crate) struct RedactedValues<I>(pub(crate) I);
+
+impl<K: fmt::Debug, I: Iterator<Item = K> + Clone> fmt::Debug for RedactedValues<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.clone().map(|k| (k, "[REDACTED]")))
+            .finish()
+    }
+}
+
 /// Where the cloud APIs are. Defaults are Alibaba Cloud's public endpoints.
 #[derive(Debug, Clone)]
 pub struct Endpoints {
@@ -73,6 +85,9 @@ pub fn is_region_id(s: &str) -> bool {
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         })
 }
+
+#[cfg(test)]
+mod redaction_tests;
 
 #[cfg(test)]
 mod tests {

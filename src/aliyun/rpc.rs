@@ -11,11 +11,25 @@ use super::error::{ApiName, CloudError};
 use super::sign::rpc_signature;
 
 /// The parameters of one RPC call, before signing.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RpcCall<'a> {
     pub api: ApiName,
     pub version: &'a str,
+    /// Values may be secrets (AssumeRoleWithOIDC's `OIDCToken`): `Debug` shows the names only.
     pub params: Vec<(&'a str, String)>,
+}
+
+impl std::fmt::Debug for RpcCall<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcCall")
+            .field("api", &self.api)
+            .field("version", &self.version)
+            .field(
+                "params",
+                &super::RedactedValues(self.params.iter().map(|(k, _)| *k)),
+            )
+            .finish()
+    }
 }
 
 impl RpcCall<'_> {

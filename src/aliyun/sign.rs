@@ -57,8 +57,9 @@ pub fn rpc_signature(secret: &str, method: &str, params: &BTreeMap<String, Strin
     )
 }
 
-/// The parts of a ROA request that its signature covers.
-#[derive(Debug, Clone)]
+/// The parts of a ROA request that its signature covers. `Debug` shows the names of headers and
+/// query parameters, not their values (`x-acs-security-token` is one).
+#[derive(Clone)]
 pub struct RoaRequest<'a> {
     pub method: &'a str,
     /// The path, e.g. `/tokens`.
@@ -67,6 +68,18 @@ pub struct RoaRequest<'a> {
     pub headers: &'a BTreeMap<String, String>,
     /// Query parameters, unencoded.
     pub query: &'a BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for RoaRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use super::RedactedValues;
+        f.debug_struct("RoaRequest")
+            .field("method", &self.method)
+            .field("resource", &self.resource)
+            .field("headers", &RedactedValues(self.headers.keys()))
+            .field("query", &RedactedValues(self.query.keys()))
+            .finish()
+    }
 }
 
 /// ROA StringToSign: `METHOD\nAccept\nContent-MD5\nContent-Type\nDate\n`, then every `x-acs-*`

@@ -36,15 +36,17 @@ pub struct AssumeRoleWithOidc<'a> {
     pub duration_seconds: u32,
 }
 
+/// What AssumeRole and AssumeRoleWithOIDC answer. Answer types have no `Debug` (see
+/// `redaction_tests`).
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct StsAnswer {
+pub(super) struct StsAnswer {
     credentials: StsCredentials,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct StsCredentials {
+pub(super) struct StsCredentials {
     access_key_id: String,
     access_key_secret: SecretString,
     security_token: SecretString,

@@ -111,12 +111,30 @@ pub struct InstanceAuth {
 }
 
 /// Where the credentials of the chain come from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 enum CredKey {
     Base,
-    Custom { id: String, fingerprint: u64 },
+    /// `fingerprint` is a hash of the AccessKeySecret: `Debug` leaves it out.
+    Custom {
+        id: String,
+        fingerprint: u64,
+    },
     Rrsa(RrsaRole),
     Assumed(Box<CredKey>, AssumedRole),
+}
+
+impl std::fmt::Debug for CredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CredKey::Base => f.write_str("Base"),
+            CredKey::Custom { id, .. } => f
+                .debug_struct("Custom")
+                .field("id", id)
+                .finish_non_exhaustive(),
+            CredKey::Rrsa(role) => f.debug_tuple("Rrsa").field(role).finish(),
+            CredKey::Assumed(key, role) => f.debug_tuple("Assumed").field(key).field(role).finish(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
