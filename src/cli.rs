@@ -100,10 +100,15 @@ pub struct WebhookArgs {
     )]
     pub webhook_tls_secret: String,
 
-    /// How long a webhook client may take for the TLS handshake, and then for each request's
-    /// headers, before the connection is closed.
+    /// How long a webhook client may take for the TLS handshake, then for each request's
+    /// headers, and for each whole request (body included), before the connection is closed.
     #[arg(long, global = true, env = "ACR_HELPER_WEBHOOK_CLIENT_TIMEOUT", default_value = "10s", value_parser = crate::duration::parse_duration)]
     pub webhook_client_timeout: Duration,
+
+    /// Connections one peer address may hold to the webhook at once (the API server needs a
+    /// few: it multiplexes over HTTP/2); more are closed as they arrive.
+    #[arg(long, global = true, env = "ACR_HELPER_WEBHOOK_MAX_CONNECTIONS_PER_PEER", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub webhook_max_connections_per_peer: u16,
 }
 
 impl WebhookArgs {
@@ -121,7 +126,10 @@ impl WebhookArgs {
                 .collect(),
             configuration_name: self.webhook_configuration.clone(),
             tls_secret: self.webhook_tls_secret.clone(),
-            client_timeout: self.webhook_client_timeout,
+            limits: crate::webhook::server::Limits {
+                client_timeout: self.webhook_client_timeout,
+                connections_per_peer: usize::from(self.webhook_max_connections_per_peer),
+            },
         }
     }
 }

@@ -425,27 +425,14 @@ async fn a_client_that_stalls_is_disconnected() {
         .get("ca.crt")
         .map(|b| b.0.clone())
         .unwrap_or_default();
-    acr_helper::aliyun::http::install_crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(&ca)
-    {
-        roots
-            .add(cert.unwrap_or_else(|e| panic!("{e}")))
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(support::tls_client(&ca, &[b"http/1.1"]));
     let tcp = tokio::net::TcpStream::connect(&addr)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let server_name =
         rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap_or_else(|e| panic!("{e}"));
     let mut stream = connector
-        .connect(server_name, tcp)
+        .connect(server_name.clone(), tcp)
         .await
         .unwrap_or_else(|e| panic!("handshake: {e}"));
     stream
@@ -463,6 +450,65 @@ async fn a_client_that_stalls_is_disconnected() {
         "disconnected only after {:?}",
         started.elapsed()
     );
+
+    // Sends whole headers, then its body a byte at a time: the whole request has the same
+    // deadline, so it is answered 408 and closed (a header timeout alone never ends it).
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(&addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        connector
+            .connect(server_name.clone(), tcp)
+            .await
+            .unwrap_or_else(|e| panic!("handshake: {e}"))
+    };
+    let mut stream = connect().await;
+    stream
+        .write_all(b"POST /mutate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if stream.write_all(b" ").await.is_err() {
+                break;
+            }
+            let mut chunk = [0u8; 256];
+            match tokio::time::timeout(Duration::from_millis(10), stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => answer.extend_from_slice(&chunk[..n]),
+                Err(_) => {}
+            }
+        }
+    };
+    let ended = tokio::time::timeout(Duration::from_secs(10), trickle).await;
+    assert!(
+        ended.is_ok(),
+        "a client trickling its body was never cut off"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cut off only after {:?}",
+        started.elapsed()
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // A body larger than the API server's own request limit is refused unread.
+    let mut stream = connect().await;
+    stream
+        .write_all(b"POST /mutate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 8388608\r\n\r\n{")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut head = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut head))
+        .await
+        .unwrap_or_else(|_| panic!("an oversized body got no answer"))
+        .unwrap_or(0);
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
 }
 
 /// A Pod of `sa` with `pull_secrets` of its own and `annotations`.
@@ -618,4 +664,195 @@ async fn pods_get_the_reference_at_admission_without_any_service_account_write()
         .map(|w| format!("{} {}/{}", w.verb, w.namespace, w.name))
         .collect();
     assert!(sa_writes.is_empty(), "{sa_writes:?}");
+}
+
+/// An attacker on the pod network: `connections` connections from `source` (another loopback
+/// address, as another pod is another address) that complete TLS, send a request's headers, and
+/// then one body byte every `every`, each reconnecting as soon as it is closed. Runs until
+/// dropped; counts the connections the server accepted into a request.
+struct Trickler {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Trickler {
+    fn start(
+        addr: std::net::SocketAddr,
+        source: std::net::IpAddr,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+        connections: usize,
+        every: Duration,
+    ) -> Trickler {
+        use tokio::io::AsyncWriteExt;
+        let tasks = (0..connections)
+            .map(|_| {
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let connector = tokio_rustls::TlsConnector::from(tls);
+                    loop {
+                        let attempt = async {
+                            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+                            socket.bind(std::net::SocketAddr::new(source, 0)).ok()?;
+                            let tcp = socket.connect(addr).await.ok()?;
+                            let name = rustls_pki_types::ServerName::try_from("127.0.0.1").ok()?;
+                            let mut s = connector.connect(name, tcp).await.ok()?;
+                            s.write_all(b"POST /mutate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{").await.ok()?;
+                            loop {
+                                tokio::time::sleep(every).await;
+                                s.write_all(b" ").await.ok()?;
+                                s.flush().await.ok()?;
+                            }
+                            #[allow(unreachable_code)]
+                            Some(())
+                        };
+                        let _ = attempt.await;
+                        // Closed: at once again (a second later, so that 1,100 of them do not
+                        // spend the shared test machine's CPU on connects alone).
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                })
+            })
+            .collect();
+        Trickler { tasks }
+    }
+}
+
+impl Drop for Trickler {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// A ServiceAccount AdmissionReview for `ns/name` (CREATE), as the API server sends it.
+fn sa_review(ns: &str, name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("review-{name}"),
+            "kind": {"group": "", "version": "v1", "kind": "ServiceAccount"},
+            "resource": {"group": "", "version": "v1", "resource": "serviceaccounts"},
+            "namespace": ns, "name": name, "operation": "CREATE",
+            "userInfo": {"username": "someone"},
+            "object": {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}},
+            "oldObject": null, "dryRun": false,
+        },
+    })
+}
+
+#[tokio::test]
+async fn connections_that_trickle_their_bodies_cannot_starve_the_webhook() {
+    let h = Harness::new("whslow", &default_config(), "cluster-admin").await;
+    let watched = TestNamespace::create(&h.client, "whslow-ws").await;
+    let served = Served::new(&h);
+    let mut flags = served.flags();
+    flags.extend(["--webhook-tls-secret", "webhook-tls"]);
+    let _c = h.start(&flags);
+    h.apply_config(&[
+        ("watch-namespace", watched.name.as_str()),
+        ("service-account", "*"),
+        ("acr-registry-info", "- instanceId: cri-fakeinstance0001\n"),
+        ("webhook-configuration", "enable: true\n"),
+    ])
+    .await;
+    let secrets = Api::<Secret>::namespaced(h.client.clone(), &h.config_ns.name);
+    wait_until(Duration::from_secs(30), "the certificate", || async {
+        !support::is_absent(&secrets, "webhook-tls").await
+    })
+    .await;
+    h.wait_secret(&watched.name).await;
+    let ca = secrets
+        .get("webhook-tls")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .data
+        .unwrap_or_default()
+        .get("ca.crt")
+        .map(|b| b.0.clone())
+        .unwrap_or_default();
+    let addr: std::net::SocketAddr = served.args[3].parse().unwrap_or_else(|e| panic!("{e}"));
+    // A fresh connection each time, from the API server's address, with a proper review.
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls((*support::tls_client(&ca, &[b"http/1.1"])).clone())
+        .pool_max_idle_per_host(0)
+        .local_address(std::net::IpAddr::from([127, 0, 0, 1]))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let review = |n: usize| {
+        let client = client.clone();
+        let body = sa_review(&watched.name, &format!("probe-{n}"));
+        async move {
+            let started = std::time::Instant::now();
+            let answer = client
+                .post(format!("https://{addr}/mutate"))
+                .json(&body)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            // `patch` is the JSON patch's bytes (kube writes them as an array, which the API
+            // server reads as well as base64).
+            let patched = match answer {
+                Ok(r) => r.json::<serde_json::Value>().await.is_ok_and(|v| {
+                    v["response"]["allowed"] == true && !v["response"]["patch"].is_null()
+                }),
+                Err(_) => false,
+            };
+            (started.elapsed(), patched)
+        }
+    };
+    // It serves once its certificate is loaded.
+    wait_until(
+        Duration::from_secs(30),
+        "a proper review answered",
+        || async { review(0).await.1 },
+    )
+    .await;
+    let (before, ok) = review(0).await;
+    assert!(ok, "the webhook answers a proper review");
+    eprintln!(
+        "a proper review before the attack: {:.1} ms",
+        before.as_secs_f64() * 1e3
+    );
+
+    // 1,100 connections from another address trickle their bodies, reconnecting when closed.
+    let attacker = Trickler::start(
+        addr,
+        std::net::IpAddr::from([127, 0, 0, 2]),
+        support::tls_client(&ca, &[b"http/1.1"]),
+        1100,
+        Duration::from_secs(3),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut worst = Duration::ZERO;
+    for n in 1..=10 {
+        let (took, ok) = review(n).await;
+        assert!(
+            ok,
+            "review {n} went unanswered while the attack ran ({took:?})"
+        );
+        worst = worst.max(took);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "10 proper reviews during the attack: worst {:.1} ms",
+        worst.as_secs_f64() * 1e3
+    );
+    assert!(
+        worst < Duration::from_secs(2),
+        "answered only after {worst:?}"
+    );
+    // And through the API server: a ServiceAccount is created with the reference, at once.
+    let started = std::time::Instant::now();
+    let sa = support::create_service_account(&h.client, &watched.name, "during-attack", &[]).await;
+    let took = started.elapsed();
+    assert!(
+        support::reference_names(sa.image_pull_secrets).contains(&h.secret_name),
+        "created without the webhook's reference ({took:?})"
+    );
+    eprintln!(
+        "a ServiceAccount created through the API server during the attack: {:.1} ms",
+        took.as_secs_f64() * 1e3
+    );
+    assert!(took < Duration::from_secs(2));
+    drop(attacker);
 }

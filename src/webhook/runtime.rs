@@ -3,7 +3,6 @@
 //! MutatingWebhookConfiguration in line with the configuration.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -33,8 +32,8 @@ pub struct WebhookSettings {
     pub extra_sans: Vec<String>,
     pub configuration_name: String,
     pub tls_secret: String,
-    /// How long a client may take for the TLS handshake, and then for its request headers.
-    pub client_timeout: Duration,
+    /// What one client may hold of the webhook.
+    pub limits: super::server::Limits,
 }
 
 /// The name of the ServiceAccount webhook in the configuration.
@@ -144,14 +143,7 @@ pub async fn serve(
             secret_name,
             own_namespace: Arc::from(namespace.as_str()),
         });
-    let result = super::server::serve(
-        settings.addr,
-        cert,
-        router,
-        settings.client_timeout,
-        shutdown,
-    )
-    .await;
+    let result = super::server::serve(settings.addr, cert, router, settings.limits, shutdown).await;
     tls_task.abort();
     result
 }

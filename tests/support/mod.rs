@@ -241,6 +241,24 @@ impl Drop for TestNamespace {
     }
 }
 
+/// A TLS client configuration that trusts the PEM CA `ca` (the webhook's), speaking `alpn`.
+pub fn tls_client(ca: &[u8], alpn: &[&[u8]]) -> std::sync::Arc<rustls::ClientConfig> {
+    acr_helper::aliyun::http::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(ca)
+    {
+        roots
+            .add(cert.unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    std::sync::Arc::new(config)
+}
+
 /// Runs the control plane's helm with `args` from the repository root, with a cache and
 /// configuration of the tests' own.
 pub fn helm(args: &[&str]) -> std::process::Output {
