@@ -31,6 +31,17 @@ pub enum RegisterError {
         "the MutatingWebhookConfiguration {0} does not exist and this ServiceAccount may not create one; the chart creates it: run `helm upgrade` (or apply deploy/) to bring it back"
     )]
     Missing(String),
+    /// Writing the certificate Secret failed: the status only, never the API's message (an
+    /// admission webhook's or policy's message may quote the object, private key included).
+    #[error("write Secret {secret}: {detail}")]
+    CertificateSecret { secret: String, detail: String },
+}
+
+fn certificate_write_error(secret: &str, e: &kube::Error) -> RegisterError {
+    RegisterError::CertificateSecret {
+        secret: secret.to_owned(),
+        detail: crate::kube_errors::without_message(e),
+    }
 }
 
 /// What the registration depends on in the configuration in force.
@@ -162,13 +173,14 @@ async fn ensure_certificate(
     };
     let pp = Writer::post();
     match existing {
-        None => writer.write(api.create(&pp, &secret)).await??,
+        None => writer.write(api.create(&pp, &secret)).await?,
         Some(_) => {
             writer
                 .write(api.replace(&settings.tls_secret, &pp, &secret))
-                .await??
+                .await?
         }
-    };
+    }
+    .map_err(|e| certificate_write_error(&settings.tls_secret, &e))?;
     tracing::info!(secret = %settings.tls_secret, expires_at = %issued.expires_at, renewed = old.is_some(), "webhook certificate issued");
     Ok(issued)
 }
@@ -335,5 +347,24 @@ pub async fn remove(writer: &Writer, name: &str) -> Result<bool, RegisterError> 
         Ok(()) => Ok(true),
         Err(e) if crate::kube_errors::is_not_found(&e) => Ok(false),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_certificate_write_never_quotes_the_api_message() {
+        let quoted = "admission webhook \"x\" denied the request: data.tls.key: -----BEGIN PRIVATE KEY----- MIIEvQ...";
+        let e = kube::Error::Api(Box::new(kube::core::Status {
+            code: 403,
+            reason: "Forbidden".into(),
+            message: quoted.into(),
+            ..Default::default()
+        }));
+        let text = certificate_write_error("webhook-tls", &e).to_string();
+        assert_eq!(text, "write Secret webhook-tls: HTTP 403 Forbidden");
+        assert!(!text.contains("PRIVATE KEY"));
     }
 }
