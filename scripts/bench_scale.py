@@ -60,6 +60,11 @@ def parse_args(argv):
     ap.add_argument("--skip-refresh", action="store_true", help="do not wait for the forced refresh")
     ap.add_argument("--stall-timeout", type=float, default=180,
                     help="fail when the controller makes no needed write for this long (default 180 s)")
+    ap.add_argument("--hostile-service-accounts", type=int, default=0,
+                    help="ServiceAccounts a tenant creates in one namespace of its own, each with a large "
+                         "annotation (default 0): the controller's memory must not follow them")
+    ap.add_argument("--hostile-annotation-kib", type=int, default=200,
+                    help="the size of each of those annotations, KiB (default 200)")
     ap.add_argument("--json", metavar="PATH", help="write the report here")
     a = ap.parse_args(argv)
     if a.legacy_n is not None:
@@ -75,6 +80,32 @@ def parse_args(argv):
 
 
 # ------------------------------------------------------------------ helpers
+
+HOSTILE_NS = "tenant-hostile"
+
+
+def seed_hostile(b, count, kib):
+    """A namespace owner's ServiceAccounts, each with one annotation of `kib` KiB (the API server
+    takes objects of up to about 1.5 MiB)."""
+    from concurrent.futures import ThreadPoolExecutor
+    try:
+        b.api("POST", "/api/v1/namespaces", {"metadata": {"name": HOSTILE_NS}})
+    except urllib.error.HTTPError as e:
+        if e.code != 409:
+            raise
+    blob = "x" * (kib * 1024)
+
+    def one(i):
+        try:
+            b.api("POST", f"/api/v1/namespaces/{HOSTILE_NS}/serviceaccounts", {
+                "metadata": {"name": f"bloat-{i:05d}", "annotations": {"tenant.example.com/blob": blob}}})
+        except urllib.error.HTTPError as e:
+            if e.code != 409:
+                raise
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(count)))
+
 
 def ns_names(prefix, n):
     return [f"{prefix}{i:05d}" for i in range(n)]
@@ -234,7 +265,9 @@ def main(argv):
         "unrelated_secrets": a.unrelated_secrets, "floor_namespaces": a.selected,
         "latency_namespaces": a.latency_namespaces, "latency_rate": a.latency_rate,
         "controller_workers": a.workers, "floor_workers": a.floor_workers,
-        "expiring_threshold_seconds": a.expiring_threshold}, "problems": []}
+        "expiring_threshold_seconds": a.expiring_threshold,
+        "hostile_service_accounts": a.hostile_service_accounts,
+        "hostile_annotation_kib": a.hostile_annotation_kib}, "problems": []}
     b = None
     try:
         b = Bench()
@@ -281,6 +314,10 @@ def run(a, b, report):
     if not a.no_floor:
         b.benchtool("seed", "--prefix", "floor-", "--namespaces", str(a.selected),
                     "--service-accounts", str(a.service_accounts), "--secrets", str(floor_secrets))
+    if a.hostile_service_accounts:
+        step(f"a tenant's {a.hostile_service_accounts} ServiceAccounts with {a.hostile_annotation_kib} KiB "
+             f"annotations in namespace {HOSTILE_NS}")
+        seed_hostile(b, a.hostile_service_accounts, a.hostile_annotation_kib)
     report["seed_seconds"] = r3(time.monotonic() - t)
 
     # 2. The floor: the same writes, by a plain client-go client, on the floor namespaces.
@@ -320,7 +357,15 @@ def run(a, b, report):
         args += ["--workers", str(a.workers)]
     ctl = b.controller(*args, metrics_port=str(free_port()))
     report["controller_pid"] = ctl.pid
+    # Ready means every watch has listed once: the initial lists, where a page of hostile objects
+    # would have been held, are behind it.
+    mem_listed = proc_memory(ctl.pid)
     audit.read()
+    # Streamed initial lists are watches (logged only when they end); a paged list would show as
+    # LIST requests.
+    report["initial_lists"] = {
+        "serviceaccount_list_requests": sum(1 for e in audit.events if is_controller(e)
+                                            and e["resource"] == "serviceaccounts" and e["verb"] == "list")}
 
     # 5. Cold convergence.
     step(f"applying the ConfigMap ({a.selected} namespaces + {a.latency_namespaces} not created yet)")
@@ -536,7 +581,8 @@ def run(a, b, report):
         if report["refresh"]["password_expired"]:
             report["problems"].append("a password expired before its Secret was rewritten")
 
-    report["memory_kib"] = {"after_convergence": mem_converged, "after_refresh": mem_refreshed}
+    report["memory_kib"] = {"after_initial_lists": mem_listed, "after_convergence": mem_converged,
+                            "after_refresh": mem_refreshed}
     report["cpu_seconds"] = {
         "convergence": r3(cpu["converged"] - cpu["start"]),
         "steady_state": r3(cpu["quiet_end"] - cpu["quiet_start"]),
@@ -622,7 +668,11 @@ def print_table(r):
                                     f"{len(rf['final_logins_rejected'])}/{rf['final_logins_checked']} final logins rejected)")
     m, c, k = r["memory_kib"], r["cpu_seconds"], r["api_server_connections"]
     section("controller resources")
-    for when in ("after_convergence", "after_refresh"):
+    if s.get("hostile_service_accounts"):
+        row("a tenant's ServiceAccounts",
+            f"{s['hostile_service_accounts']} x {s['hostile_annotation_kib']} KiB annotations; "
+            f"controller LISTs of ServiceAccounts: {r['initial_lists']['serviceaccount_list_requests']}")
+    for when in ("after_initial_lists", "after_convergence", "after_refresh"):
         if m.get(when):
             row(f"VmHWM / VmRSS {when.replace('_', ' ')}",
                 f"{m[when]['VmHWM'] / 1024:.1f} MiB / {m[when]['VmRSS'] / 1024:.1f} MiB")

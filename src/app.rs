@@ -269,7 +269,7 @@ async fn run(args: Args) -> Result<(), AppError> {
     };
 
     // Every replica: the index, the configuration in force, the webhook, probes and metrics.
-    let index = Arc::new(SharedIndex::default());
+    let index = Arc::new(SharedIndex::new(&args.kube.secret_name));
     let watch_tasks = crate::watches::spawn(watches.clone(), index.clone(), &settings.secret_name);
     let (view, source_task) = config_source::spawn(
         watches.clone(),
@@ -508,7 +508,7 @@ async fn plan(
 ) -> Result<i32, AppError> {
     use crate::plan::report::{PlanReport, WebhookSummary};
     use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-    use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+    use k8s_openapi::api::core::v1::ConfigMap;
     let client = client(&kube_config().await?, "plan", None)?;
     let k = &args.kube;
     let data = match file {
@@ -538,7 +538,7 @@ async fn plan(
             Vec::new(),
         ),
         Ok(parsed) => {
-            let mut index = crate::index::Index::default();
+            let mut index = crate::index::Index::new(&k.secret_name);
             let lp = kube::api::ListParams::default;
             let namespaces = Api::<Namespace>::all(client.clone());
             let mut page_params = lp().limit(500);
@@ -552,9 +552,18 @@ async fn plan(
                     None => break,
                 }
             }
-            for sa in list_all(&Api::<ServiceAccount>::all(client.clone()), lp()).await? {
-                index.apply_service_account(&sa);
-            }
+            // Trimmed as they are parsed, a page at a time, as the watch does.
+            crate::watches::list_pages(
+                &Api::<crate::index::ServiceAccountView>::all(client.clone()),
+                lp(),
+                50,
+                |page| {
+                    for sa in &page {
+                        index.apply_service_account(sa);
+                    }
+                },
+            )
+            .await?;
             let by_name = lp().fields(&format!("metadata.name={}", k.secret_name));
             for s in list_all(&Api::<Secret>::all(client.clone()), by_name).await? {
                 index.apply_secret(&s);
@@ -573,13 +582,7 @@ async fn plan(
                         })
                         .collect()
                 });
-            PlanReport::build(
-                &index,
-                &parsed.config,
-                parsed.warnings,
-                &k.secret_name,
-                current,
-            )
+            PlanReport::build(&index, &parsed.config, parsed.warnings, current)
         }
     };
     match output {
@@ -625,6 +628,9 @@ pub fn check_config(path: &std::path::Path, region: Option<&str>) -> i32 {
                 path.display(),
                 parsed.config.instances.len()
             );
+            for line in parsed.config.describe_instances() {
+                println!("  {line}");
+            }
             0
         }
         Err(errors) => {

@@ -111,7 +111,7 @@ pub fn admission_review(data: &[u8]) {
     let Some(config) = config.as_ref() else {
         return;
     };
-    let index = crate::index::Index::default();
+    let index = crate::index::Index::new("ours");
     // The same bytes as a ServiceAccount review and as a Pod review.
     if let Ok(review) = serde_json::from_slice(data) {
         let answer = crate::webhook::review(review, Some(config), "ours", &index);

@@ -79,24 +79,172 @@ pub struct NsState {
     pub(crate) seen: u32,
 }
 
+/// The longest `imagePullSecrets` list the index keeps whole. A longer one (a tenant can make it
+/// a megabyte) is kept as the count of our entries only; the writer reads the ServiceAccount
+/// before it patches one.
+pub const MAX_KEPT_REFERENCES: usize = 32;
+
 /// A ServiceAccount: what we may change, and the version we saw it at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaState {
     pub resource_version: Rv,
-    pub pull_secrets: Vec<String>,
+    /// The names in `imagePullSecrets`, in order, when there are at most
+    /// [`MAX_KEPT_REFERENCES`]; `None`: too many to keep.
+    pub pull_secrets: Option<Vec<String>>,
+    /// How many of those entries name our Secret.
+    pub ours: u32,
     /// Its opt-in or opt-out label ([`crate::config::OPT_LABEL`]), if any.
     pub opted: Option<bool>,
     pub(crate) seen: u32,
 }
 
 impl SaState {
-    pub fn new(resource_version: Rv, pull_secrets: Vec<String>) -> SaState {
+    /// The state of a ServiceAccount whose `imagePullSecrets` hold `names`, for our Secret
+    /// `secret_name`.
+    pub fn new(resource_version: Rv, names: Vec<String>, secret_name: &str) -> SaState {
+        let ours = names.iter().filter(|n| *n == secret_name).count();
         SaState {
             resource_version,
-            pull_secrets,
+            ours: u32::try_from(ours).unwrap_or(u32::MAX),
+            pull_secrets: (names.len() <= MAX_KEPT_REFERENCES).then_some(names),
             opted: None,
             seen: 0,
         }
+    }
+}
+
+/// A ServiceAccount as its watch delivers it, trimmed while it is parsed: name, namespace,
+/// resourceVersion, uid, the opt label and the names in `imagePullSecrets`. Annotations, other
+/// labels and every other field are skipped by the parser and never held, so a tenant's
+/// ServiceAccounts with megabyte annotations cost the controller nothing.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountView {
+    #[serde(deserialize_with = "slim::metadata")]
+    pub metadata: kube::api::ObjectMeta,
+    #[serde(default, deserialize_with = "slim::reference_names")]
+    pub image_pull_secrets: Vec<String>,
+}
+
+impl kube::Resource for ServiceAccountView {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "ServiceAccount".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "serviceaccounts".into()
+    }
+    fn meta(&self) -> &kube::api::ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut kube::api::ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl From<&ServiceAccount> for ServiceAccountView {
+    fn from(sa: &ServiceAccount) -> ServiceAccountView {
+        let m = &sa.metadata;
+        let labels = m
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(crate::config::OPT_LABEL))
+            .map(|v| BTreeMap::from([(crate::config::OPT_LABEL.to_owned(), v.clone())]));
+        ServiceAccountView {
+            metadata: kube::api::ObjectMeta {
+                name: m.name.clone(),
+                namespace: m.namespace.clone(),
+                resource_version: m.resource_version.clone(),
+                uid: m.uid.clone(),
+                labels,
+                ..Default::default()
+            },
+            image_pull_secrets: sa
+                .image_pull_secrets
+                .iter()
+                .flatten()
+                .map(|r| r.name.clone())
+                .collect(),
+        }
+    }
+}
+
+/// The trimming parsers of [`ServiceAccountView`].
+mod slim {
+    use std::collections::BTreeMap;
+    use std::fmt;
+
+    use serde::Deserialize;
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    pub fn metadata<'de, D: Deserializer<'de>>(d: D) -> Result<kube::api::ObjectMeta, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Meta {
+            name: Option<String>,
+            namespace: Option<String>,
+            resource_version: Option<String>,
+            uid: Option<String>,
+            #[serde(default, deserialize_with = "opt_label")]
+            labels: Option<BTreeMap<String, String>>,
+        }
+        let m = Meta::deserialize(d)?;
+        Ok(kube::api::ObjectMeta {
+            name: m.name,
+            namespace: m.namespace,
+            resource_version: m.resource_version,
+            uid: m.uid,
+            labels: m.labels,
+            ..Default::default()
+        })
+    }
+
+    /// Of the labels, only the opt label; the others are skipped unread.
+    fn opt_label<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+        struct Only;
+        impl<'de> Visitor<'de> for Only {
+            type Value = Option<BTreeMap<String, String>>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of labels")
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut kept = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == crate::config::OPT_LABEL {
+                        let value: String = map.next_value()?;
+                        kept = Some(BTreeMap::from([(key.into_owned(), value)]));
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(kept)
+            }
+        }
+        d.deserialize_any(Only)
+    }
+
+    /// The names of `imagePullSecrets` (`null` or absent: none).
+    pub fn reference_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        #[derive(Deserialize)]
+        struct Reference {
+            #[serde(default)]
+            name: String,
+        }
+        let refs: Option<Vec<Reference>> = Option::deserialize(d)?;
+        Ok(refs.into_iter().flatten().map(|r| r.name).collect())
     }
 }
 
@@ -184,8 +332,9 @@ impl Kind {
 }
 
 /// The index proper: plain data, no I/O.
-#[derive(Default)]
 pub struct Index {
+    /// The pull Secret's name (`--secret-name`): what "our entry" of `imagePullSecrets` is.
+    secret_name: Box<str>,
     namespaces: HashMap<Arc<str>, NsState>,
     /// Equal `.dockerconfigjson` values share one allocation.
     contents: HashSet<Arc<[u8]>>,
@@ -209,6 +358,18 @@ impl std::fmt::Debug for Index {
 }
 
 impl Index {
+    /// An empty index for the pull Secret `secret_name`.
+    pub fn new(secret_name: &str) -> Index {
+        Index {
+            secret_name: secret_name.into(),
+            namespaces: HashMap::new(),
+            contents: HashSet::new(),
+            relist: [None; 3],
+            generation: [0; 3],
+            deleted: HashSet::new(),
+        }
+    }
+
     pub fn namespace(&self, name: &str) -> Option<&NsState> {
         self.namespaces.get(name)
     }
@@ -300,7 +461,7 @@ impl Index {
     }
 
     /// A ServiceAccount was added or changed (a watch event, or the answer to our own write).
-    pub fn apply_service_account(&mut self, sa: &ServiceAccount) -> bool {
+    pub fn apply_service_account(&mut self, sa: &ServiceAccountView) -> bool {
         let (Some(ns), Some(name)) = (
             sa.metadata.namespace.as_deref(),
             sa.metadata.name.as_deref(),
@@ -310,11 +471,8 @@ impl Index {
         let seen = self.marking(Kind::ServiceAccount);
         let mut next = SaState::new(
             Rv::from(sa.metadata.resource_version.as_ref()),
-            sa.image_pull_secrets
-                .iter()
-                .flatten()
-                .map(|r| r.name.clone())
-                .collect(),
+            sa.image_pull_secrets.clone(),
+            &self.secret_name,
         );
         next.seen = seen;
         next.opted = crate::config::opt(
@@ -336,7 +494,9 @@ impl Index {
             }
             Some((k, old)) => (
                 k.clone(),
-                old.pull_secrets != next.pull_secrets || old.opted != next.opted,
+                old.pull_secrets != next.pull_secrets
+                    || old.ours != next.ours
+                    || old.opted != next.opted,
             ),
             None => (Arc::from(name), true),
         };
@@ -473,7 +633,6 @@ impl Index {
 
 /// The index shared by the watches (writers), the controller and the webhook (readers), with
 /// the set of namespaces that changed since the controller last looked.
-#[derive(Default)]
 pub struct SharedIndex {
     index: RwLock<Index>,
     dirty: Mutex<HashSet<Arc<str>>>,
@@ -491,6 +650,16 @@ impl std::fmt::Debug for SharedIndex {
 }
 
 impl SharedIndex {
+    /// An empty index for the pull Secret `secret_name`.
+    pub fn new(secret_name: &str) -> SharedIndex {
+        SharedIndex {
+            index: RwLock::new(Index::new(secret_name)),
+            dirty: Mutex::default(),
+            changed: Notify::new(),
+            synced: Default::default(),
+        }
+    }
+
     pub fn read(&self) -> RwLockReadGuard<'_, Index> {
         self.index
             .read()
@@ -556,7 +725,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn sa(ns: &str, name: &str, rv: &str, refs: &[&str]) -> ServiceAccount {
+    fn sa(ns: &str, name: &str, rv: &str, refs: &[&str]) -> ServiceAccountView {
         serde_json::from_value(json!({
             "metadata": {"namespace": ns, "name": name, "resourceVersion": rv},
             "imagePullSecrets": refs.iter().map(|r| json!({"name": r})).collect::<Vec<_>>(),
@@ -593,7 +762,7 @@ mod tests {
 
     #[test]
     fn service_accounts_are_indexed_by_namespace_and_only_relevant_changes_count() {
-        let mut i = Index::default();
+        let mut i = Index::new("ours");
         assert!(i.apply_service_account(&sa("a", "default", "10", &[])));
         assert!(i.apply_service_account(&sa("b", "default", "11", &["x"])));
         // A new resourceVersion with the same imagePullSecrets (labels changed, say): no work.
@@ -612,7 +781,7 @@ mod tests {
             i.namespace("a")
                 .and_then(|n| n.service_accounts.get("default"))
                 .map(|s| s.pull_secrets.clone()),
-            Some(vec!["ours".to_owned()])
+            Some(Some(vec!["ours".to_owned()]))
         );
         assert_eq!(i.namespace("b").map(|n| n.service_accounts.len()), Some(1));
         assert!(i.delete_service_account("b", "default"));
@@ -622,7 +791,7 @@ mod tests {
 
     #[test]
     fn namespaces_track_existence_labels_and_termination() {
-        let mut i = Index::default();
+        let mut i = Index::new("ours");
         assert!(i.apply_service_account(&sa("a", "default", "1", &[])));
         assert!(
             !i.namespace("a").is_some_and(|n| n.exists),
@@ -646,7 +815,7 @@ mod tests {
 
     #[test]
     fn secrets_share_equal_contents_and_changes_of_ours_count() {
-        let mut i = Index::default();
+        let mut i = Index::new("ours");
         assert!(i.apply_secret(&secret("a", "u1", "5", true, b"{\"auths\":{}}")));
         assert!(i.apply_secret(&secret("b", "u2", "6", true, b"{\"auths\":{}}")));
         let a = i
@@ -680,7 +849,7 @@ mod tests {
 
     #[test]
     fn a_secret_we_deleted_does_not_come_back_with_a_late_event() {
-        let mut i = Index::default();
+        let mut i = Index::new("ours");
         assert!(i.apply_secret(&secret("a", "u1", "5", true, b"{}")));
         i.deleted_secret("a", "u1");
         // A MODIFIED event from before our delete arrives late: ignored.
@@ -694,7 +863,7 @@ mod tests {
 
     #[test]
     fn a_relist_forgets_what_it_did_not_see() {
-        let mut i = Index::default();
+        let mut i = Index::new("ours");
         i.apply_namespace(&namespace("a", json!({})));
         i.apply_namespace(&namespace("b", json!({})));
         i.apply_service_account(&sa("a", "one", "1", &[]));
@@ -715,5 +884,86 @@ mod tests {
         assert_eq!(gone, vec![Arc::<str>::from("b")]);
         assert!(i.namespace("b").is_none());
         assert!(i.namespace("a").is_some_and(|n| n.exists));
+    }
+}
+
+#[cfg(test)]
+mod trimming {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_service_account_is_trimmed_while_it_is_parsed() {
+        let huge = "x".repeat(200 * 1024);
+        let raw = json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {
+                "namespace": "t", "name": "a", "resourceVersion": "7", "uid": "u",
+                "annotations": {"big": huge},
+                "labels": {"team": "x", crate::config::OPT_LABEL: "true", "other": huge.clone()},
+                "managedFields": [{"manager": "m", "fieldsV1": {"f:metadata": {}}}],
+            },
+            "secrets": [{"name": "s"}],
+            "imagePullSecrets": [{"name": "theirs"}, {"name": "ours"}],
+        });
+        let v: ServiceAccountView = serde_json::from_value(raw).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v.metadata.name.as_deref(), Some("a"));
+        assert_eq!(v.metadata.namespace.as_deref(), Some("t"));
+        assert_eq!(v.metadata.resource_version.as_deref(), Some("7"));
+        assert!(v.metadata.annotations.is_none() && v.metadata.managed_fields.is_none());
+        assert_eq!(
+            v.metadata.labels,
+            Some(BTreeMap::from([(
+                crate::config::OPT_LABEL.to_owned(),
+                "true".to_owned()
+            )]))
+        );
+        assert_eq!(v.image_pull_secrets, ["theirs", "ours"]);
+        assert!(format!("{v:?}").len() < 1024, "nothing large is held");
+        // Absent and null lists and labels are fine.
+        let bare: ServiceAccountView = serde_json::from_value(json!({
+            "metadata": {"namespace": "t", "name": "b", "labels": null}, "imagePullSecrets": null,
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(bare.image_pull_secrets.is_empty() && bare.metadata.labels.is_none());
+        // The view of a full object (an answer to our own write) keeps the same fields.
+        let full: ServiceAccount = serde_json::from_value(json!({
+            "metadata": {"namespace": "t", "name": "a", "resourceVersion": "7",
+                         "annotations": {"big": "x"}, "labels": {"team": "x"}},
+            "imagePullSecrets": [{"name": "ours"}],
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let v = ServiceAccountView::from(&full);
+        assert!(v.metadata.annotations.is_none() && v.metadata.labels.is_none());
+        assert_eq!(v.image_pull_secrets, ["ours"]);
+    }
+
+    #[test]
+    fn a_long_reference_list_is_kept_as_the_count_of_ours() {
+        let mut i = Index::new("ours");
+        let mut refs: Vec<serde_json::Value> = (0..5000)
+            .map(|n| json!({"name": format!("theirs-{n}")}))
+            .collect();
+        refs.push(json!({"name": "ours"}));
+        let long: ServiceAccountView = serde_json::from_value(json!({
+            "metadata": {"namespace": "t", "name": "a", "resourceVersion": "1"},
+            "imagePullSecrets": refs,
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(i.apply_service_account(&long));
+        let state = i
+            .namespace("t")
+            .and_then(|n| n.service_accounts.get("a"))
+            .cloned()
+            .unwrap_or_else(|| panic!("indexed"));
+        assert_eq!(state.pull_secrets, None);
+        assert_eq!(state.ours, 1);
+        let short = SaState::new(
+            Rv::Number(1),
+            vec!["ours".into(), "x".into(), "ours".into()],
+            "ours",
+        );
+        assert_eq!(short.ours, 2);
+        assert_eq!(short.pull_secrets.map(|p| p.len()), Some(3));
     }
 }

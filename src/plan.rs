@@ -4,21 +4,34 @@
 
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, InstanceSet};
 use crate::index::{NsState, SecretState};
 use crate::record::{DigestKey, Digested};
-use crate::render::{SecretContent, reference_needs_change};
+use crate::render::{SecretContent, references_need_change};
+
+/// The content a set of instances gives (`None`: not available for that set yet).
+pub type ContentFor<'a> = &'a dyn Fn(InstanceSet) -> Option<Arc<SecretContent>>;
 
 /// What the Secret content will be.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub enum Desired<'a> {
     /// No credentials yet: nothing can be created or refreshed; what exists stays.
     Unavailable,
-    /// The content every selected namespace's Secret should hold.
-    Content(&'a SecretContent),
+    /// The content a namespace's Secret should hold, for the instances that serve it.
+    Content(ContentFor<'a>),
     /// Credentials are assumed to come: a missing Secret would be created, an existing one kept
     /// (used when planning without calling the cloud).
     Assumed,
+}
+
+impl std::fmt::Debug for Desired<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Desired::Unavailable => "Unavailable",
+            Desired::Content(_) => "Content",
+            Desired::Assumed => "Assumed",
+        })
+    }
 }
 
 /// What happens to the Secret of our name in a namespace.
@@ -48,6 +61,11 @@ pub struct ReferenceStep {
 pub struct NamespacePlan {
     pub secret: SecretStep,
     pub references: Vec<ReferenceStep>,
+    /// The instances that serve the namespace.
+    pub instances: InstanceSet,
+    /// The content the Secret is created or updated with (with [`SecretStep::Create`] or
+    /// [`SecretStep::Update`] under [`Desired::Content`]).
+    pub content: Option<Arc<SecretContent>>,
 }
 
 impl NamespacePlan {
@@ -101,14 +119,18 @@ pub fn plan_namespace(
     name: &str,
     ns: &NsState,
     cfg: &Config,
-    secret_name: &str,
     desired: Desired<'_>,
 ) -> NamespacePlan {
     // A namespace not seen yet or being deleted: nothing to do (its deletion removes ours).
     if !ns.exists || ns.terminating {
         return NamespacePlan::default();
     }
-    let selected = cfg.selects_namespace(name, &ns.labels);
+    let instances = cfg.instances_for(name, &ns.labels);
+    let selected = !instances.is_empty();
+    let content = match desired {
+        Desired::Content(f) if selected => f(instances),
+        _ => None,
+    };
     let secret = match (&ns.secret, selected) {
         (Some(s), _) if !s.managed => {
             return NamespacePlan {
@@ -117,18 +139,19 @@ pub fn plan_namespace(
                 } else {
                     SecretStep::Keep
                 },
-                references: Vec::new(),
+                instances,
+                ..NamespacePlan::default()
             };
         }
         (Some(_), false) => SecretStep::Delete,
         (None, false) => SecretStep::Keep,
-        (Some(s), true) => match desired {
-            Desired::Content(c) if !holds(s, c) => SecretStep::Update,
+        (Some(s), true) => match &content {
+            Some(c) if !holds(s, c) => SecretStep::Update,
             _ => SecretStep::Keep,
         },
-        (None, true) => match desired {
-            Desired::Content(_) | Desired::Assumed => SecretStep::Create,
-            Desired::Unavailable => SecretStep::Keep,
+        (None, true) => match (desired, &content) {
+            (Desired::Content(_), Some(_)) | (Desired::Assumed, _) => SecretStep::Create,
+            _ => SecretStep::Keep,
         },
     };
     // A reference is only added where our Secret exists or is about to.
@@ -141,18 +164,24 @@ pub fn plan_namespace(
         .iter()
         .filter(|_| cfg.patch_service_accounts)
         .filter_map(|(sa, state)| {
-            let want = selected && cfg.selects_service_account(sa, state.opted);
+            let want = cfg.selects_service_account(instances, Some(sa), state.opted);
             if want && !secret_there {
                 return None;
             }
-            let names = state.pull_secrets.iter().map(String::as_str);
-            reference_needs_change(names, secret_name, want).then(|| ReferenceStep {
+            let ours = usize::try_from(state.ours).unwrap_or(usize::MAX);
+            references_need_change(ours, want).then(|| ReferenceStep {
                 service_account: sa.clone(),
                 add: want,
             })
         })
         .collect();
-    NamespacePlan { secret, references }
+    let content = content.filter(|_| matches!(secret, SecretStep::Create | SecretStep::Update));
+    NamespacePlan {
+        secret,
+        references,
+        instances,
+        content,
+    }
 }
 
 pub mod report;

@@ -201,8 +201,13 @@ pub fn reference_needs_change<'a>(
     ours: &str,
     want: bool,
 ) -> bool {
-    let n = names.into_iter().filter(|name| *name == ours).count();
-    if want { n != 1 } else { n != 0 }
+    references_need_change(names.into_iter().filter(|name| *name == ours).count(), want)
+}
+
+/// The same rule, from the number of entries that name our Secret: exactly one is wanted, or
+/// none.
+pub fn references_need_change(ours: usize, want: bool) -> bool {
+    if want { ours != 1 } else { ours != 0 }
 }
 
 /// The `imagePullSecrets` a ServiceAccount should have: `current` with a reference to `ours`

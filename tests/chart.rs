@@ -48,15 +48,12 @@ fn deploy_holds_the_chart_rendered_with_default_values() {
 
 /// One template of the chart rendered as release `x` in kube-system, with extra helm arguments.
 fn template(show_only: &str, extra: &[&str]) -> String {
-    let mut args = vec![
-        "template",
-        "x",
-        CHART,
-        "-n",
-        "kube-system",
-        "--show-only",
-        show_only,
-    ];
+    template_in("kube-system", show_only, extra)
+}
+
+/// The same, rendered for release namespace `ns`.
+fn template_in(ns: &str, show_only: &str, extra: &[&str]) -> String {
+    let mut args = vec!["template", "x", CHART, "-n", ns, "--show-only", show_only];
     args.extend(TARGET);
     args.extend_from_slice(extra);
     ok(helm(&args), "helm template")
@@ -90,12 +87,15 @@ fn the_rendered_config_map_passes_check_config() {
 }
 
 /// Creates the rendered `template` with `--dry-run=server` on the real API server: it must take
-/// the object as rendered.
-fn server_accepts(show_only: &str, set: &[&str]) {
+/// the object as rendered. (Rendered into a namespace of its own: the install test's release in
+/// kube-system has objects of the same names.)
+async fn server_accepts(show_only: &str, set: &[&str]) {
+    let cp = control_plane();
+    let ns = TestNamespace::create(&cp.client().await, "chart-dry").await;
     let extra: Vec<&str> = set.iter().flat_map(|s| ["--set", *s]).collect();
     let file = std::env::temp_dir().join(format!("acr-helper-obj-{}.yaml", rand::random::<u32>()));
-    std::fs::write(&file, template(show_only, &extra)).unwrap_or_else(|e| panic!("{e}"));
-    let cp = control_plane();
+    std::fs::write(&file, template_in(&ns.name, show_only, &extra))
+        .unwrap_or_else(|e| panic!("{e}"));
     let out = Command::new(cp.binary("kubectl"))
         .args(["create", "--dry-run=server", "-o", "name", "-f"])
         .arg(&file)
@@ -109,8 +109,8 @@ fn server_accepts(show_only: &str, set: &[&str]) {
     );
 }
 
-#[test]
-fn metrics_bind_to_the_pod_ip_or_localhost_and_only_two_ports_are_reachable() {
+#[tokio::test]
+async fn metrics_bind_to_the_pod_ip_or_localhost_and_only_two_ports_are_reachable() {
     let container = |set: &[&str]| {
         render("templates/deployment.yaml", set)["spec"]["template"]["spec"]["containers"][0]
             .clone()
@@ -146,7 +146,7 @@ fn metrics_bind_to_the_pod_ip_or_localhost_and_only_two_ports_are_reachable() {
     assert!(
         args(&container(&["metrics.bind=all"])).contains(&"--metrics-addr=0.0.0.0:8080".to_owned())
     );
-    server_accepts("templates/deployment.yaml", &["metrics.bind=localhost"]);
+    server_accepts("templates/deployment.yaml", &["metrics.bind=localhost"]).await;
     // The NetworkPolicy admits the webhook and metrics ports of the controller's pods only.
     let np = render("templates/networkpolicy.yaml", &[]);
     let ports: Vec<String> = np["spec"]["ingress"]
@@ -158,11 +158,11 @@ fn metrics_bind_to_the_pod_ip_or_localhost_and_only_two_ports_are_reachable() {
         .collect();
     assert_eq!(ports, ["webhook", "metrics", "health"]);
     assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
-    server_accepts("templates/networkpolicy.yaml", &[]);
+    server_accepts("templates/networkpolicy.yaml", &[]).await;
 }
 
-#[test]
-fn rrsa_enabled_mounts_the_token_and_turns_rrsa_on_and_extra_env_reaches_the_container() {
+#[tokio::test]
+async fn rrsa_enabled_mounts_the_token_and_turns_rrsa_on_and_extra_env_reaches_the_container() {
     let set = [
         "rrsa.enabled=true",
         "extraEnv[0].name=ACR_HELPER_WORKERS",
@@ -187,7 +187,7 @@ fn rrsa_enabled_mounts_the_token_and_turns_rrsa_on_and_extra_env_reaches_the_con
 
     let deploy = render("templates/deployment.yaml", &set);
     // The real API server takes the Deployment as rendered (every variable a string).
-    server_accepts("templates/deployment.yaml", &set);
+    server_accepts("templates/deployment.yaml", &set).await;
     let pod = &deploy["spec"]["template"]["spec"];
     let env = pod["containers"][0]["env"]
         .as_array()

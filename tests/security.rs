@@ -589,3 +589,97 @@ async fn metrics_can_stay_on_localhost_while_the_probes_answer_on_the_pod_addres
     );
     assert_eq!(get(format!("{}/metrics", c.metrics_url)).await, Some(200));
 }
+
+/// The registry domains a pull Secret holds logins for.
+fn domains_of(s: &Secret) -> Vec<String> {
+    support::harness::domains(&dockerconfig(s))
+}
+
+#[tokio::test]
+async fn a_namespace_scoped_to_one_team_never_holds_another_teams_password() {
+    use kube::api::{Patch, PatchParams};
+    const A_DOMAINS: [&str; 2] = [
+        "fake-registry-vpc.cn-hangzhou.cr.aliyuncs.com",
+        "fake-registry.cn-hangzhou.cr.aliyuncs.com",
+    ];
+    const B_DOMAIN: &str = "other-registry.ap-southeast-1.cr.aliyuncs.com";
+    let h = Harness::new("scope", &default_config(), "cluster-admin").await;
+    let team_a = TestNamespace::create(&h.client, "scope-a").await;
+    let team_b = TestNamespace::create(&h.client, "scope-b").await;
+    let label = |ns: &str, value: Option<&str>| {
+        let client = h.client.clone();
+        let ns = ns.to_owned();
+        let value = value.map(str::to_owned);
+        async move {
+            Api::<k8s_openapi::api::core::v1::Namespace>::all(client)
+                .patch(
+                    &ns,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": {"team": value}}})),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("label {ns}: {e}"));
+        }
+    };
+    label(&team_b.name, Some("b")).await;
+    support::create_service_account(&h.client, &team_b.name, "builder", &[]).await;
+    let registry_info = format!(
+        "- instanceId: {INSTANCE_ID}\n  namespaces: {}\n- instanceId: {OTHER_INSTANCE_ID}\n  regionId: {OTHER_REGION}\n  namespaceSelector: team=b\n  serviceAccounts: builder\n",
+        team_a.name
+    );
+    let _c = h.start(&["--token-mode", "workerRole"]);
+    h.apply_config(&[
+        ("watch-namespace", "scope-nothing-else"),
+        ("acr-registry-info", registry_info.as_str()),
+    ])
+    .await;
+    // Team A's namespace: only A's logins; its default ServiceAccount (the global default).
+    h.wait_secret(&team_a.name).await;
+    h.wait_reference(&team_a.name, "default", true).await;
+    let a = must_get(&h.secrets(&team_a.name), &h.secret_name).await;
+    assert_eq!(domains_of(&a), A_DOMAINS);
+    // Team B's: only B's login, and only `builder` (B's own serviceAccounts) is patched.
+    h.wait_secret(&team_b.name).await;
+    h.wait_reference(&team_b.name, "builder", true).await;
+    let b = must_get(&h.secrets(&team_b.name), &h.secret_name).await;
+    assert_eq!(domains_of(&b), [B_DOMAIN]);
+    assert!(!h.has_reference(&team_b.name, "default").await);
+    let b_password = dockerconfig(&b)["auths"][B_DOMAIN]["password"].clone();
+    assert!(
+        !dockerconfig(&a)
+            .to_string()
+            .contains(b_password.as_str().unwrap_or("-"))
+    );
+    for (s, domains) in [(&a, &A_DOMAINS[..]), (&b, &[B_DOMAIN][..])] {
+        for d in domains {
+            let login = &dockerconfig(s)["auths"][*d];
+            let r = h
+                .fake
+                .registry_login(
+                    login["username"].as_str().unwrap_or_default(),
+                    login["password"].as_str().unwrap_or_default(),
+                )
+                .await;
+            assert_eq!(r["valid"], Value::Bool(true), "{d}: {r}");
+        }
+    }
+    // Labelling team A's namespace `team=b` adds B's login there too; unlabelling team B's
+    // takes its Secret and reference away.
+    label(&team_a.name, Some("b")).await;
+    wait_until(
+        Duration::from_secs(30),
+        "team A's Secret with B's login added",
+        || async {
+            domains_of(&must_get(&h.secrets(&team_a.name), &h.secret_name).await).len() == 3
+        },
+    )
+    .await;
+    label(&team_b.name, None).await;
+    h.wait_reference(&team_b.name, "builder", false).await;
+    wait_until(
+        Duration::from_secs(30),
+        "team B's Secret removed",
+        || async { support::is_absent(&h.secrets(&team_b.name), &h.secret_name).await },
+    )
+    .await;
+}

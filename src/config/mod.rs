@@ -15,7 +15,9 @@ use crate::aliyun::is_region_id;
 use crate::credentials::{AccessKey, AssumedRole, Edition, InstanceAuth, RrsaRole};
 use crate::duration::parse_duration;
 
+pub mod scope;
 pub mod selector;
+pub use scope::{InstanceSet, MAX_INSTANCES, Scope};
 pub use selector::LabelSelector;
 
 pub const KEY_WATCH_NAMESPACE: &str = "watch-namespace";
@@ -28,6 +30,9 @@ pub const KEY_WEBHOOK: &str = "webhook-configuration";
 pub const KEY_NAMESPACE_SELECTOR: &str = "namespace-selector";
 /// Beyond the original: namespaces never served, whatever else selects them.
 pub const KEY_EXCLUDE_NAMESPACES: &str = "exclude-namespaces";
+/// Beyond the original: `"false"` ignores the opt-in label on Namespaces, for clusters where
+/// tenants may label their own namespaces (an opt-out still counts).
+pub const KEY_NAMESPACE_OPT_IN: &str = "namespace-opt-in";
 /// Beyond the original: `"false"` leaves every ServiceAccount alone (no patch by the controller,
 /// no mutation by the ServiceAccount webhook): for GitOps users who rely on Pod injection.
 pub const KEY_PATCH_SERVICE_ACCOUNTS: &str = "patch-service-accounts";
@@ -66,6 +71,8 @@ pub struct Instance {
     /// Registry domains to write; empty means all of the instance's domains.
     pub domains: Vec<String>,
     pub auth: InstanceAuth,
+    /// The namespaces and ServiceAccounts it serves (default: what the ConfigMap selects).
+    pub scope: Scope,
 }
 
 impl Instance {
@@ -167,6 +174,8 @@ pub struct Config {
     pub service_accounts: Selection,
     /// `patch-service-accounts` (default true).
     pub patch_service_accounts: bool,
+    /// `namespace-opt-in` (default true): whether the opt-in label on a Namespace selects it.
+    pub namespace_opt_in: bool,
     pub expiring_threshold: Duration,
     pub instances: Vec<Instance>,
     pub rrsa_enabled: bool,
@@ -185,35 +194,120 @@ pub fn opt(value: Option<&str>) -> Option<bool> {
 }
 
 impl Config {
-    /// Whether namespace `name` (with `labels`) gets the pull Secret. In order, the first rule
-    /// that applies decides:
-    /// 1. named in `exclude-namespaces`: no;
-    /// 2. labelled [`OPT_LABEL`]`=false`: no; `=true`: yes;
+    /// Whether namespace `name` (with `labels`) is selected by the ConfigMap's own keys. In order,
+    /// the first rule that applies decides:
+    /// 1. named in `exclude-namespaces`: never (`None`, for every instance);
+    /// 2. labelled [`OPT_LABEL`]`=false`: never (`None`); `=true`: yes, unless
+    ///    `namespace-opt-in` is false (then the label is ignored);
     /// 3. named by `watch-namespace` (or it is `all`), or matched by `namespace-selector`: yes;
     /// 4. otherwise no.
-    pub fn selects_namespace(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+    fn namespace_rule(&self, name: &str, labels: &BTreeMap<String, String>) -> Option<bool> {
         if self.exclude_namespaces.contains(name) {
-            return false;
+            return None;
         }
-        if let Some(opted) = opt(labels.get(OPT_LABEL).map(String::as_str)) {
-            return opted;
+        match opt(labels.get(OPT_LABEL).map(String::as_str)) {
+            Some(false) => return None,
+            Some(true) if self.namespace_opt_in => return Some(true),
+            _ => {}
         }
-        self.namespaces.contains(name)
-            || self.namespace_selector.as_ref().is_some_and(|s| {
-                s.matches_with(|k| {
-                    if k == NAMESPACE_NAME_LABEL {
-                        Some(name)
-                    } else {
-                        labels.get(k).map(String::as_str)
-                    }
-                })
-            })
+        Some(
+            self.namespaces.contains(name)
+                || self.namespace_selector.as_ref().is_some_and(|s| {
+                    s.matches_with(|k| {
+                        if k == NAMESPACE_NAME_LABEL {
+                            Some(name)
+                        } else {
+                            labels.get(k).map(String::as_str)
+                        }
+                    })
+                }),
+        )
     }
 
-    /// Whether ServiceAccount `name` of a selected namespace gets the reference, given its
-    /// [`OPT_LABEL`] (see [`opt`]): an opt-in or opt-out decides, else `service-account` does.
-    pub fn selects_service_account(&self, name: &str, opted: Option<bool>) -> bool {
-        opted.unwrap_or_else(|| self.service_accounts.contains(name))
+    /// The instances namespace `name` (with `labels`) gets the logins of: none if it is excluded
+    /// or opted out; else an instance that names its own namespaces (`namespaces`,
+    /// `namespaceSelector`) where it names this one, and every other instance where the
+    /// ConfigMap's keys select it ([`Config::namespace_rule`]). The opt-in label never brings
+    /// in an instance that names its own namespaces: a tenant who labels its namespace cannot
+    /// get another team's registry.
+    pub fn instances_for(&self, name: &str, labels: &BTreeMap<String, String>) -> InstanceSet {
+        let Some(selected) = self.namespace_rule(name, labels) else {
+            return InstanceSet::EMPTY;
+        };
+        let mut set = InstanceSet::EMPTY;
+        for (i, inst) in self.instances.iter().enumerate() {
+            let serves = if inst.scope.restricts_namespaces() {
+                inst.scope.selects_namespace(name, labels)
+            } else {
+                selected
+            };
+            if serves {
+                set.insert(i);
+            }
+        }
+        set
+    }
+
+    /// Whether namespace `name` gets the pull Secret: some instance serves it.
+    pub fn selects_namespace(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        !self.instances_for(name, labels).is_empty()
+    }
+
+    /// Whether ServiceAccount `name` of a namespace served by `instances` gets the reference,
+    /// given its [`OPT_LABEL`] (see [`opt`]): an opt-in or opt-out decides, else one of the
+    /// instances selects it by name (its `serviceAccounts`, or else `service-account`). `None`
+    /// for a name not known yet (a `generateName`): only `*` selects it.
+    pub fn selects_service_account(
+        &self,
+        instances: InstanceSet,
+        name: Option<&str>,
+        opted: Option<bool>,
+    ) -> bool {
+        if instances.is_empty() {
+            return false;
+        }
+        opted.unwrap_or_else(|| {
+            instances.iter().any(|i| {
+                let selection = self
+                    .instances
+                    .get(i)
+                    .and_then(|inst| inst.scope.service_accounts.as_ref())
+                    .unwrap_or(&self.service_accounts);
+                match name {
+                    Some(name) => selection.contains(name),
+                    None => *selection == Selection::All,
+                }
+            })
+        })
+    }
+
+    /// Whether any instance names its own namespaces or ServiceAccounts.
+    pub fn scoped(&self) -> bool {
+        self.instances
+            .iter()
+            .any(|i| i.scope.restricts_namespaces() || i.scope.service_accounts.is_some())
+    }
+
+    /// One line per instance for `check-config`: what it serves.
+    pub fn describe_instances(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .instances
+            .iter()
+            .map(|i| format!("instance {}: {}", i.label(), i.scope.describe()))
+            .collect();
+        if !self.namespace_opt_in {
+            lines.push(format!(
+                "{KEY_NAMESPACE_OPT_IN}: false: the label {OPT_LABEL}=true on a Namespace selects nothing"
+            ));
+        }
+        lines
+    }
+
+    /// The labels of the instances in `set`, in configuration order.
+    pub fn labels_of(&self, set: InstanceSet) -> Vec<String> {
+        set.iter()
+            .filter_map(|i| self.instances.get(i).map(Instance::label))
+            .collect()
     }
 }
 
@@ -306,6 +400,7 @@ pub fn parse(
             KEY_NAMESPACE_SELECTOR,
             KEY_EXCLUDE_NAMESPACES,
             KEY_PATCH_SERVICE_ACCOUNTS,
+            KEY_NAMESPACE_OPT_IN,
         ]
         .contains(&key.as_str())
             || LEGACY_KEYS.contains(&key.as_str());
@@ -377,20 +472,17 @@ pub fn parse(
         &mut errors,
     );
 
-    let patch_service_accounts = match get(KEY_PATCH_SERVICE_ACCOUNTS) {
+    let flag = |key: &'static str, errors: &mut Errors| match get(key) {
         None => true,
         Some(v) if v.eq_ignore_ascii_case("true") => true,
         Some(v) if v.eq_ignore_ascii_case("false") => false,
         Some(v) => {
-            errors.push(
-                KEY_PATCH_SERVICE_ACCOUNTS,
-                None,
-                None,
-                format!("true or false, got {}", shown(v)),
-            );
+            errors.push(key, None, None, format!("true or false, got {}", shown(v)));
             true
         }
     };
+    let patch_service_accounts = flag(KEY_PATCH_SERVICE_ACCOUNTS, &mut errors);
+    let namespace_opt_in = flag(KEY_NAMESPACE_OPT_IN, &mut errors);
     let expiring_threshold = match get(KEY_EXPIRING_THRESHOLD) {
         None => DEFAULT_THRESHOLD,
         Some(v) => match parse_duration(v) {
@@ -456,6 +548,7 @@ pub fn parse(
                 region: region.to_owned(),
                 domains: Vec::new(),
                 auth: InstanceAuth::default(),
+                scope: Scope::default(),
             }],
             None => {
                 errors.push(
@@ -485,6 +578,7 @@ pub fn parse(
             exclude_namespaces,
             service_accounts,
             patch_service_accounts,
+            namespace_opt_in,
             expiring_threshold,
             instances,
             rrsa_enabled,
@@ -718,7 +812,7 @@ fn webhook_config(text: &str, errors: &mut Errors, warnings: &mut Vec<String>) -
     w
 }
 
-const INSTANCE_FIELDS: [&str; 10] = [
+const INSTANCE_FIELDS: [&str; 13] = [
     "instanceId",
     "regionId",
     "domains",
@@ -729,6 +823,9 @@ const INSTANCE_FIELDS: [&str; 10] = [
     "customAccessKey",
     "customAccessKeySecret",
     "instanceName",
+    "namespaces",
+    "namespaceSelector",
+    "serviceAccounts",
 ];
 
 fn instances(
@@ -982,11 +1079,15 @@ fn instances(
                 continue;
             }
         }
+        let Some(scope) = scope::parse(map, i, errors) else {
+            continue;
+        };
         let instance = Instance {
             edition,
             region,
             domains,
             auth,
+            scope,
         };
         if !seen.insert(instance.label()) {
             errors.push(
@@ -998,6 +1099,14 @@ fn instances(
             continue;
         }
         out.push(instance);
+    }
+    if out.len() > MAX_INSTANCES {
+        errors.push(
+            KEY,
+            None,
+            None,
+            format!("at most {MAX_INSTANCES} instances, got {}", out.len()),
+        );
     }
     out
 }

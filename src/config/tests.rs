@@ -31,6 +31,7 @@ fn an_empty_config_means_the_defaults() {
     assert_eq!(
         p.config.instances,
         vec![Instance {
+            scope: Scope::default(),
             edition: Edition::Personal,
             region: "cn-hangzhou".into(),
             domains: vec![],
@@ -631,7 +632,7 @@ fn the_service_account_selection_table() {
         let pairs: Vec<(&str, &str)> = key.map(|k| (KEY_SERVICE_ACCOUNT, k)).into_iter().collect();
         let cfg = ok(&pairs).config;
         assert_eq!(
-            cfg.selects_service_account(name, opted),
+            cfg.selects_service_account(InstanceSet::first(1), Some(name), opted),
             want,
             "row {}: {name} {opted:?} under {key:?}",
             i + 1
@@ -667,4 +668,173 @@ fn selection_keys_beyond_the_original_are_validated() {
         (KEY_EXCLUDE_NAMESPACES, "x"),
     ]);
     assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+}
+
+#[test]
+fn instances_serve_the_namespaces_they_name_and_the_others_what_the_configmap_selects() {
+    let registry_info = "\
+- instanceId: cri-teama
+  namespaces: team-a1, team-a2
+- instanceId: cri-teamb
+  namespaceSelector: team=b
+  serviceAccounts: [builder]
+- instanceId: cri-shared
+";
+    let cfg = ok(&[
+        (KEY_WATCH_NAMESPACE, "shared,team-a1"),
+        (KEY_REGISTRY_INFO, registry_info),
+        (KEY_EXCLUDE_NAMESPACES, "team-a2"),
+    ])
+    .config;
+    assert!(cfg.scoped());
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let of = |name: &str, l: &[(&str, &str)]| cfg.labels_of(cfg.instances_for(name, &labels(l)));
+    // (namespace, labels, the instances whose logins it gets)
+    type Row<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let rows: [Row; 9] = [
+        // Named by team A's instance and by watch-namespace: both.
+        ("team-a1", &[], &["cri-teama", "cri-shared"]),
+        // Excluded: nothing, whatever names it.
+        ("team-a2", &[], &[]),
+        // Team B's by label: only team B's login (the shared one needs watch-namespace).
+        ("b-builds", &[("team", "b")], &["cri-teamb"]),
+        ("shared", &[], &["cri-shared"]),
+        ("other", &[], &[]),
+        // A tenant's opt-in label brings in the unscoped instance only, never a team's.
+        ("other", &[(OPT_LABEL, "true")], &["cri-shared"]),
+        // Opted out: nothing, even what names it.
+        ("team-a1", &[(OPT_LABEL, "false")], &[]),
+        // The name label counts for a selector as in Kubernetes.
+        ("team-b", &[(NAMESPACE_NAME_LABEL, "team-b")], &[]),
+        (
+            "b-ci",
+            &[("team", "b"), (OPT_LABEL, "true")],
+            &["cri-teamb", "cri-shared"],
+        ),
+    ];
+    for (ns, l, want) in rows {
+        assert_eq!(of(ns, l), want, "{ns} {l:?}");
+        assert_eq!(
+            cfg.selects_namespace(ns, &labels(l)),
+            !want.is_empty(),
+            "{ns}"
+        );
+    }
+    // ServiceAccounts: the serving instances' own lists, else `service-account` (default).
+    let b = cfg.instances_for("b-builds", &labels(&[("team", "b")]));
+    assert!(cfg.selects_service_account(b, Some("builder"), None));
+    assert!(!cfg.selects_service_account(b, Some("default"), None));
+    assert!(cfg.selects_service_account(b, Some("default"), Some(true)));
+    let a = cfg.instances_for("team-a1", &labels(&[]));
+    assert!(cfg.selects_service_account(a, Some("default"), None));
+    assert!(!cfg.selects_service_account(a, Some("builder"), None));
+    assert!(!cfg.selects_service_account(InstanceSet::EMPTY, Some("default"), Some(true)));
+    assert!(
+        !cfg.selects_service_account(a, None, None),
+        "a generateName'd one needs `*`"
+    );
+    let lines = cfg.describe_instances();
+    assert_eq!(
+        lines[0],
+        "instance cri-teama: namespaces team-a1, team-a2; the ServiceAccounts `service-account` selects"
+    );
+    assert_eq!(
+        lines[1],
+        "instance cri-teamb: namespaces matching `team=b`; ServiceAccounts builder"
+    );
+    assert_eq!(
+        lines[2],
+        "instance cri-shared: every namespace the ConfigMap selects; the ServiceAccounts `service-account` selects"
+    );
+}
+
+#[test]
+fn without_scoping_fields_every_instance_serves_what_the_original_keys_select() {
+    let cfg = ok(&[
+        (KEY_WATCH_NAMESPACE, "a"),
+        (
+            KEY_REGISTRY_INFO,
+            "- instanceId: cri-one\n- instanceId: cri-two\n",
+        ),
+    ])
+    .config;
+    assert!(!cfg.scoped());
+    let none = BTreeMap::new();
+    assert_eq!(
+        cfg.labels_of(cfg.instances_for("a", &none)),
+        ["cri-one", "cri-two"]
+    );
+    assert!(cfg.instances_for("b", &none).is_empty());
+}
+
+#[test]
+fn the_namespace_opt_in_label_can_be_turned_off() {
+    let labelled: BTreeMap<String, String> = [(OPT_LABEL.to_owned(), "true".to_owned())].into();
+    let on = ok(&[(KEY_WATCH_NAMESPACE, "a")]).config;
+    assert!(on.namespace_opt_in && on.selects_namespace("tenant", &labelled));
+    let off = ok(&[(KEY_WATCH_NAMESPACE, "a"), (KEY_NAMESPACE_OPT_IN, "false")]).config;
+    assert!(!off.selects_namespace("tenant", &labelled));
+    assert!(off.selects_namespace("a", &BTreeMap::new()));
+    // An opt-out still counts.
+    let out: BTreeMap<String, String> = [(OPT_LABEL.to_owned(), "false".to_owned())].into();
+    assert!(!off.selects_namespace("a", &out));
+    assert!(
+        off.describe_instances()
+            .iter()
+            .any(|l| l.contains("namespace-opt-in: false"))
+    );
+    assert_eq!(
+        err(&[(KEY_NAMESPACE_OPT_IN, "sometimes")]),
+        "namespace-opt-in: true or false, got \"sometimes\""
+    );
+}
+
+#[test]
+fn scoping_fields_are_checked() {
+    let bad = |item: &str| err(&[(KEY_REGISTRY_INFO, item)]);
+    assert_eq!(
+        bad("- instanceId: cri-a\n  namespaces: Team_A\n"),
+        "acr-registry-info[0].namespaces: namespace names; \"Team_A\" is not one"
+    );
+    assert_eq!(
+        bad("- instanceId: cri-a\n  namespaces: \" , \"\n"),
+        "acr-registry-info[0].namespaces: at least one namespace name (remove the field to serve every one)"
+    );
+    assert!(
+        bad("- instanceId: cri-a\n  namespaceSelector: \"team in (a\"\n")
+            .starts_with("acr-registry-info[0].namespaceSelector: a label selector")
+    );
+    assert_eq!(
+        bad("- instanceId: cri-a\n  serviceAccounts: {a: b}\n"),
+        "acr-registry-info[0].serviceAccounts: a comma-separated string or a YAML list of ServiceAccount names"
+    );
+    let many: String = (0..65)
+        .map(|i| format!("- instanceId: cri-i{i}\n"))
+        .collect();
+    assert_eq!(
+        bad(&many),
+        "acr-registry-info: at most 64 instances, got 65"
+    );
+    let star = ok(&[(
+        KEY_REGISTRY_INFO,
+        "- instanceId: cri-a\n  serviceAccounts: \"*\"\n",
+    )])
+    .config;
+    assert_eq!(
+        star.instances[0].scope.service_accounts,
+        Some(Selection::All)
+    );
+    assert!(
+        ok(&[(
+            KEY_REGISTRY_INFO,
+            "- instanceId: cri-a\n  namespaces: [x, y]\n"
+        )])
+        .warnings
+        .is_empty()
+    );
 }

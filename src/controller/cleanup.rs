@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ListParams, Patch};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -24,10 +24,10 @@ use serde_json::json;
 use super::writes::Writer;
 use super::{Error, kube_error, registration};
 use crate::config_source::CLEANUP_ANNOTATION;
-use crate::index::{Rv, SaState};
+use crate::index::{Rv, SaState, ServiceAccountView};
 use crate::leader::{Elector, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
-use crate::render::{is_managed, reference_needs_change};
+use crate::render::is_managed;
 
 /// What `cleanup` removes, and the Lease it takes.
 #[derive(Debug, Clone)]
@@ -52,6 +52,8 @@ pub struct Report {
 
 /// Writes at once while cleaning up.
 const CONCURRENCY: usize = 16;
+/// Objects per page when listing.
+const LIST_PAGE: u32 = 50;
 
 /// How long `cleanup` may take at most (the chart's hook Job allows a little more).
 pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(240);
@@ -123,28 +125,27 @@ async fn remove_everything(
         ..Report::default()
     };
 
-    let sas = Api::<ServiceAccount>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| kube_error("list", "ServiceAccount", "all namespaces", &e))?;
-    let referencing: Vec<(String, String, SaState)> =
-        sas.items
-            .into_iter()
-            .filter_map(|sa| {
-                let names: Vec<String> = sa
-                    .image_pull_secrets
-                    .iter()
-                    .flatten()
-                    .map(|r| r.name.clone())
-                    .collect();
-                reference_needs_change(names.iter().map(String::as_str), &s.secret_name, false)
-                    .then(|| {
-                        let known =
-                            SaState::new(Rv::from(sa.metadata.resource_version.as_ref()), names);
-                        (sa.namespace().unwrap_or_default(), sa.name_any(), known)
-                    })
-            })
-            .collect();
+    // ServiceAccounts are listed trimmed, a small page at a time: a tenant's megabyte
+    // annotations never reach this process's memory (the hook Job has the controller's limit).
+    let mut referencing: Vec<(String, String, SaState)> = Vec::new();
+    crate::watches::list_pages(
+        &Api::<ServiceAccountView>::all(client.clone()),
+        ListParams::default(),
+        LIST_PAGE,
+        |page| {
+            referencing.extend(page.into_iter().filter_map(|sa| {
+                let (ns, name) = (sa.namespace().unwrap_or_default(), sa.name_any());
+                let known = SaState::new(
+                    Rv::from(sa.metadata.resource_version.as_ref()),
+                    sa.image_pull_secrets,
+                    &s.secret_name,
+                );
+                (known.ours > 0).then_some((ns, name, known))
+            }));
+        },
+    )
+    .await
+    .map_err(|e| kube_error("list", "ServiceAccount", "all namespaces", &e))?;
     let removed: Vec<bool> = futures::stream::iter(referencing)
         .map(|(ns, name, known)| async move {
             writer

@@ -216,6 +216,14 @@ fn service_account_reference(ns: &str, name: &str) -> ObjectReference {
     }
 }
 
+/// Runs `f` with what `content` (the logins in force, if any) makes of each namespace.
+fn with_desired<R>(content: Option<&Content>, f: impl FnOnce(Desired<'_>) -> R) -> R {
+    match content {
+        Some(c) => f(Desired::Content(&|set| c.for_set(set))),
+        None => f(Desired::Unavailable),
+    }
+}
+
 /// Whether a pull Secret of ours that is about to be rewritten was edited by somebody else: its
 /// content is not one the controller wrote (see [`crate::plan::authentic`]). Right after a first
 /// install or an upgrade (`fresh_key`), a Secret without any digest is one an earlier version
@@ -249,24 +257,21 @@ impl Term {
         let view = self.shared.view.borrow().clone();
         let cfg = view.config()?;
         let content = self.desired(cfg);
-        let desired = content
-            .as_deref()
-            .map_or(Desired::Unavailable, |c| Desired::Content(&c.secret));
         let index = self.shared.index.read();
         let state = index.namespace(ns)?;
-        let plan = plan_namespace(ns, state, cfg, &self.shared.settings.secret_name, desired);
+        let plan = with_desired(content.as_deref(), |d| plan_namespace(ns, state, cfg, d));
         Some((plan, state.clone(), content))
     }
 
     /// The namespaces with work: a plan that is not empty, or a foreign Secret on our name not
     /// reported yet.
-    fn due(&self, cfg: &Config, secret_name: &str, desired: Desired<'_>) -> Vec<Arc<str>> {
+    fn due(&self, cfg: &Config, desired: Desired<'_>) -> Vec<Arc<str>> {
         let blocked = lock(&self.blocked);
         let index = self.shared.index.read();
         index
             .namespaces()
             .filter(|(name, state)| {
-                let plan = plan_namespace(name, state, cfg, secret_name, desired);
+                let plan = plan_namespace(name, state, cfg, desired);
                 !plan.is_empty() || (plan.secret == SecretStep::Blocked && !blocked.contains(*name))
             })
             .map(|(name, _)| name.clone())
@@ -283,11 +288,7 @@ impl Term {
         let view = self.shared.view.borrow().clone();
         let Some(cfg) = view.config() else { return };
         let content = self.desired(cfg);
-        let desired = content
-            .as_deref()
-            .map_or(Desired::Unavailable, |c| Desired::Content(&c.secret));
-        let secret_name = &self.shared.settings.secret_name;
-        let mut due = self.due(cfg, secret_name, desired);
+        let mut due = with_desired(content.as_deref(), |d| self.due(cfg, d));
         due.sort();
         let now = Timestamp::now();
         let at = tokio::time::Instant::now();
@@ -304,11 +305,7 @@ impl Term {
         let view = self.shared.view.borrow().clone();
         let Some(cfg) = view.config() else { return };
         let content = self.desired(cfg);
-        let desired = content
-            .as_deref()
-            .map_or(Desired::Unavailable, |c| Desired::Content(&c.secret));
-        let secret_name = &self.shared.settings.secret_name;
-        let due = self.due(cfg, secret_name, desired);
+        let due = with_desired(content.as_deref(), |d| self.due(cfg, d));
         if !due.is_empty() {
             tracing::debug!(namespaces = due.len(), "queued for reconcile");
         }
@@ -351,15 +348,10 @@ impl Term {
         let index = &self.shared.index;
         // The Secret first: without it no reference may be added. The plan only creates or
         // updates with content (the same snapshot it was made with).
-        if let (SecretStep::Create | SecretStep::Update, Some(content)) = (plan.secret, &content) {
+        if let (Some(secret), Some(content)) = (&plan.content, &content) {
             let written = self
                 .writer
-                .ensure_secret(
-                    ns,
-                    &settings.secret_name,
-                    &content.secret,
-                    state.secret.as_ref(),
-                )
+                .ensure_secret(ns, &settings.secret_name, secret, state.secret.as_ref())
                 .await?;
             index.record(|i| {
                 i.apply_secret(&written);
@@ -397,7 +389,9 @@ impl Term {
                         .map(|patched| {
                             if let Some(sa) = patched {
                                 index.record(|i| {
-                                    i.apply_service_account(&sa);
+                                    i.apply_service_account(
+                                        &crate::index::ServiceAccountView::from(&sa),
+                                    );
                                 });
                             }
                         });

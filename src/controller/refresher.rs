@@ -18,7 +18,7 @@ use jiff::{SignedDuration, Timestamp};
 use tokio::sync::watch;
 
 use crate::aliyun::cr::RegistryToken;
-use crate::config::{Config, Instance};
+use crate::config::{Config, Instance, InstanceSet};
 use crate::config_source::ConfigView;
 use crate::credentials::cache::refresh_point;
 use crate::credentials::{CredentialError, Edition, Registry, UsableToken};
@@ -184,10 +184,16 @@ impl Slot {
     }
 }
 
-/// The content every selected namespace's Secret should hold, for one configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The logins of one configuration's instances, from which the content of every namespace's
+/// Secret is made: a namespace gets the logins of the instances that serve it
+/// ([`Content::for_set`]; all of them unless instances are scoped).
 pub struct Content {
-    pub secret: SecretContent,
+    /// Per configured instance, in order: its login and domains, if any.
+    slots: Vec<Slot>,
+    /// The instances whose recorded logins no content may drop (see [`content_of`]).
+    must_hold: BTreeSet<String>,
+    /// The earliest expiry of the logins it holds.
+    pub expires_at: Timestamp,
     /// The configured instances it was made for: a worker only writes it while the
     /// configuration in force lists exactly these.
     pub configured: Vec<Instance>,
@@ -200,6 +206,97 @@ pub struct Content {
     /// No key was stored before this term (a first install or an upgrade): a Secret without a
     /// digest is then one an earlier version wrote, not an edit to report.
     pub fresh_key: bool,
+    /// The content of each set of instances asked for so far.
+    made: std::sync::Mutex<std::collections::HashMap<InstanceSet, Option<Arc<SecretContent>>>>,
+}
+
+impl std::fmt::Debug for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Content")
+            .field(
+                "instances",
+                &self
+                    .slots
+                    .iter()
+                    .filter(|s| s.ready())
+                    .map(|s| s.instance.label())
+                    .collect::<Vec<_>>(),
+            )
+            .field("expires_at", &self.expires_at)
+            .field("spread_until", &self.spread_until)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Content {
+    /// The logins of `slots` (one per configured instance, in order), if any has one.
+    pub fn new(
+        slots: &[Slot],
+        must_hold: BTreeSet<String>,
+        configured: Vec<Instance>,
+        key: DigestKey,
+        fresh_key: bool,
+    ) -> Option<Content> {
+        let expires_at = slots
+            .iter()
+            .filter(|s| s.ready())
+            .filter_map(|s| s.token.as_ref().map(|t| t.usable_until))
+            .min()?;
+        Some(Content {
+            slots: slots.to_vec(),
+            must_hold,
+            expires_at,
+            configured,
+            spread_until: None,
+            key,
+            fresh_key,
+            made: Default::default(),
+        })
+    }
+
+    /// The Secret content of the instances in `set`: `None` when none of them has a login, or
+    /// when it would drop a login the Secrets hold.
+    pub fn for_set(&self, set: InstanceSet) -> Option<Arc<SecretContent>> {
+        let mut made = self
+            .made
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        made.entry(set)
+            .or_insert_with(|| {
+                let slots: Vec<Slot> = self
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| set.contains(*i))
+                    .map(|(_, s)| s.clone())
+                    .collect();
+                content_of(&slots, &self.must_hold, &self.key).map(Arc::new)
+            })
+            .clone()
+    }
+
+    /// The content of every configured instance (what a configuration without scoping writes
+    /// everywhere).
+    pub fn all(&self) -> Option<Arc<SecretContent>> {
+        self.for_set(InstanceSet::first(self.slots.len()))
+    }
+
+    /// Whether `other` holds the same logins, domains and rules for the same configuration: no
+    /// namespace's content differs.
+    fn same_as(&self, other: &Content) -> bool {
+        self.configured == other.configured
+            && self.must_hold == other.must_hold
+            && self.key == other.key
+            && record_of(&self.slots).same_as(&record_of(&other.slots))
+            && self
+                .slots
+                .iter()
+                .map(|s| (s.domains.as_ref(), s.superseded))
+                .eq(other
+                    .slots
+                    .iter()
+                    .map(|s| (s.domains.as_ref(), s.superseded)))
+    }
 }
 
 /// Takes over the logins the controller recorded (see [`crate::record`]) for the slots that
@@ -627,7 +724,7 @@ impl Refresher {
                 threshold,
             );
             let previous = content.borrow().clone();
-            let valid_until = previous.as_ref().map(|c| c.secret.expires_at);
+            let valid_until = previous.as_ref().map(|c| c.expires_at);
 
             let now = Timestamp::now();
             let due = |slots: &[Slot], phase: Phase| -> Vec<usize> {
@@ -685,14 +782,20 @@ impl Refresher {
             } else {
                 held(&store.record, &cfg.instances, Timestamp::now())
             };
-            if let Some(c) = content_of(&slots, &must_hold, &store.key) {
+            if let Some(mut next) = Content::new(
+                &slots,
+                must_hold,
+                cfg.instances.clone(),
+                store.key.clone(),
+                store.fresh,
+            ) {
                 let now = Timestamp::now();
                 // A refresh of what the Secrets hold may be spread over the window it was
                 // fetched ahead by; anything else is written at once.
                 let refresh = previous
                     .as_ref()
-                    .is_some_and(|p| p.configured == cfg.instances && p.secret.expires_at > now);
-                let spread_until = (refresh && !window.is_zero())
+                    .is_some_and(|p| p.configured == cfg.instances && p.expires_at > now);
+                next.spread_until = (refresh && !window.is_zero())
                     .then(|| {
                         now.checked_add(
                             SignedDuration::try_from(window).unwrap_or(SignedDuration::ZERO),
@@ -700,18 +803,12 @@ impl Refresher {
                         .ok()
                     })
                     .flatten();
-                let next = Content {
-                    secret: c,
-                    configured: cfg.instances.clone(),
-                    spread_until,
-                    key: store.key.clone(),
-                    fresh_key: store.fresh,
-                };
                 content.send_if_modified(|old| {
-                    if old.as_ref().is_some_and(|o| o.secret == next.secret && o.configured == next.configured) {
+                    if old.as_ref().is_some_and(|o| o.same_as(&next)) {
                         return false;
                     }
-                    tracing::info!(expires_at = %next.secret.expires_at, instances = ?next.secret.instances, spread_until = ?next.spread_until, "new Secret content");
+                    let instances: Vec<String> = slots.iter().filter(|s| s.ready()).map(|s| s.instance.label()).collect();
+                    tracing::info!(expires_at = %next.expires_at, ?instances, spread_until = ?next.spread_until, "new Secret content");
                     *old = Some(Arc::new(next));
                     true
                 });
@@ -808,6 +905,7 @@ mod tests {
             region: "cn-hangzhou".into(),
             domains: vec![],
             auth: InstanceAuth::default(),
+            scope: crate::config::Scope::default(),
         });
         s.token = Some(UsableToken {
             token: RegistryToken {
@@ -1011,5 +1109,64 @@ mod tests {
         // Superseded twice is still superseded (another edit before the new login came).
         let (again, _) = reslot(next, std::slice::from_ref(&assumed));
         assert!(again[0].superseded);
+    }
+
+    #[test]
+    fn a_namespace_gets_only_the_logins_of_the_instances_that_serve_it() {
+        let a = slot(3600, "2026-11-24T10:00:00Z");
+        let mut b = slot(1800, "2026-11-24T10:00:00Z");
+        b.instance.edition = Edition::Enterprise {
+            instance_id: "cri-b".into(),
+        };
+        b.domains = Some(vec!["b.example.com".into()]);
+        b.token = b.token.map(|mut t| {
+            t.token.password = SecretString::from("password-of-b");
+            t
+        });
+        let configured = vec![a.instance.clone(), b.instance.clone()];
+        let c = Content::new(
+            &[a.clone(), b.clone()],
+            BTreeSet::new(),
+            configured,
+            key(),
+            false,
+        )
+        .unwrap_or_else(|| panic!("content"));
+        let only = |i: usize| {
+            let mut s = InstanceSet::EMPTY;
+            s.insert(i);
+            s
+        };
+        let of_a = c.for_set(only(0)).unwrap_or_else(|| panic!("a's content"));
+        assert_eq!(of_a.instances, vec!["cri-a"]);
+        let doc = String::from_utf8_lossy(&of_a.dockerconfigjson).into_owned();
+        assert!(doc.contains("a.example.com") && !doc.contains("b.example.com"));
+        assert!(
+            !doc.contains("password-of-b"),
+            "team A's Secret never holds B's password"
+        );
+        let both = c.all().unwrap_or_else(|| panic!("all"));
+        assert_eq!(both.instances, vec!["cri-a", "cri-b"]);
+        assert_eq!(c.expires_at, ts("2026-11-24T10:30:00Z"));
+        // The same set is made once; an empty set makes nothing.
+        assert!(Arc::ptr_eq(
+            &of_a,
+            &c.for_set(only(0)).unwrap_or_else(|| panic!("again"))
+        ));
+        assert!(c.for_set(InstanceSet::EMPTY).is_none());
+        // A held login of B that B cannot renew keeps B's namespaces as they are, not A's.
+        let mut b_failing = b.clone();
+        b_failing.token = None;
+        let held = BTreeSet::from(["cri-b".to_owned()]);
+        let c = Content::new(
+            &[a.clone(), b_failing],
+            held,
+            vec![a.instance.clone(), b.instance.clone()],
+            key(),
+            false,
+        )
+        .unwrap_or_else(|| panic!("content"));
+        assert!(c.for_set(only(0)).is_some());
+        assert!(c.for_set(only(1)).is_none() && c.all().is_none());
     }
 }

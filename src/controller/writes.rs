@@ -183,12 +183,24 @@ impl Writer {
         want: bool,
     ) -> Result<Option<ServiceAccount>, Error> {
         let api = Api::<ServiceAccount>::namespaced(self.client.clone(), ns);
-        let mut rv = known.resource_version.to_string();
-        let mut refs: Vec<k8s_openapi::api::core::v1::LocalObjectReference> = known
-            .pull_secrets
-            .iter()
-            .map(|n| k8s_openapi::api::core::v1::LocalObjectReference { name: n.clone() })
-            .collect();
+        // The patch restates every entry; a list too long for the index is read first.
+        let (mut rv, mut refs) = match &known.pull_secrets {
+            Some(names) => (
+                known.resource_version.to_string(),
+                names
+                    .iter()
+                    .map(|n| k8s_openapi::api::core::v1::LocalObjectReference { name: n.clone() })
+                    .collect::<Vec<_>>(),
+            ),
+            None => match api.get_opt(name).await {
+                Ok(Some(fresh)) => (
+                    fresh.metadata.resource_version.unwrap_or_default(),
+                    fresh.image_pull_secrets.unwrap_or_default(),
+                ),
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(kube_error("get", "ServiceAccount", &object(ns, name), &e)),
+            },
+        };
         for _ in 0..MAX_CONFLICTS {
             let Some(next) = desired_pull_secrets(&refs, secret_name, want) else {
                 return Ok(None);

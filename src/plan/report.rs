@@ -50,6 +50,9 @@ pub struct NamespaceChange {
     pub add_reference: Vec<String>,
     #[serde(rename = "removeReference")]
     pub remove_reference: Vec<String>,
+    /// The instances whose logins the namespace's Secret holds (when instances are scoped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -106,7 +109,6 @@ impl PlanReport {
         index: &Index,
         cfg: &Config,
         warnings: Vec<String>,
-        secret_name: &str,
         current_webhooks: Option<Vec<WebhookSummary>>,
     ) -> PlanReport {
         let mut namespaces = Vec::new();
@@ -114,12 +116,21 @@ impl PlanReport {
         let mut names: Vec<_> = index.namespaces().collect();
         names.sort_by(|a, b| a.0.cmp(b.0));
         for (name, state) in names {
-            let plan = plan_namespace(name, state, cfg, secret_name, Desired::Assumed);
+            let plan = plan_namespace(name, state, cfg, Desired::Assumed);
+            let instances = cfg.labels_of(plan.instances);
+            // With the logins assumed, a Secret of ours is only known to change when it is to
+            // hold the logins of other instances (scoping).
+            let regroup = plan.secret == SecretStep::Keep
+                && !instances.is_empty()
+                && state.secret.as_ref().is_some_and(|s| {
+                    s.managed && s.instances.as_deref() != Some(instances.join(",").as_str())
+                });
             let secret = match plan.secret {
                 SecretStep::Create => Some("create"),
                 SecretStep::Delete => Some("delete"),
                 SecretStep::Update => Some("update"),
                 SecretStep::Blocked => Some("blocked"),
+                SecretStep::Keep if regroup => Some("update"),
                 SecretStep::Keep => None,
             };
             let (add, remove): (Vec<_>, Vec<_>) = plan.references.iter().partition(|r| r.add);
@@ -133,6 +144,7 @@ impl PlanReport {
                 secret,
                 add_reference: names(add),
                 remove_reference: names(remove),
+                instances: (cfg.scoped() && !instances.is_empty()).then_some(instances),
             };
             match plan.secret {
                 SecretStep::Create => summary.gain_secret += 1,
@@ -197,7 +209,14 @@ impl PlanReport {
                     "namespace {}: blocked (a Secret of our name that is not ours; nothing is touched)\n",
                     n.namespace
                 )),
-                Some(step) => out.push_str(&format!("namespace {}: {step} Secret\n", n.namespace)),
+                Some(step) => match &n.instances {
+                    Some(i) => out.push_str(&format!(
+                        "namespace {}: {step} Secret (logins of {})\n",
+                        n.namespace,
+                        i.join(", ")
+                    )),
+                    None => out.push_str(&format!("namespace {}: {step} Secret\n", n.namespace)),
+                },
                 None => {}
             }
             for sa in &n.add_reference {
@@ -250,7 +269,7 @@ mod tests {
     use crate::config::for_test as cfg;
 
     fn index() -> Index {
-        let mut i = Index::default();
+        let mut i = Index::new("ours");
         for ns in ["a", "b", "c"] {
             let n: kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace> =
                 serde_json::from_value(serde_json::json!({
@@ -265,7 +284,7 @@ mod tests {
                     "imagePullSecrets": if ns == "a" { serde_json::json!([{"name": "ours"}]) } else { serde_json::json!([]) },
                 }))
                 .unwrap_or_else(|e| panic!("{e}"));
-            i.apply_service_account(&sa);
+            i.apply_service_account(&crate::index::ServiceAccountView::from(&sa));
         }
         let ours: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
             "metadata": {"namespace": "a", "name": "ours", "uid": "u", "resourceVersion": "1",
@@ -287,7 +306,6 @@ mod tests {
                 ("webhook-configuration", "pod-injection: true"),
             ]),
             Vec::new(),
-            "ours",
             None,
         );
         let text = r.text();

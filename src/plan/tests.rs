@@ -54,6 +54,7 @@ fn sa(refs: &[&str]) -> SaState {
     SaState::new(
         Rv::Number(1),
         refs.iter().map(|r| (*r).to_owned()).collect(),
+        OURS,
     )
 }
 
@@ -122,6 +123,7 @@ fn every_combination_keeps_the_rules() {
             c
         }),
     ];
+    let fixed = |_| Some(Arc::new(current.clone()));
     for (what, cfg) in &configs {
         for exists in [true, false] {
             for terminating in [false, true] {
@@ -133,11 +135,11 @@ fn every_combination_keeps_the_rules() {
                 ] {
                     for desired in [
                         Desired::Unavailable,
-                        Desired::Content(&current),
+                        Desired::Content(&fixed),
                         Desired::Assumed,
                     ] {
                         let ns = namespace(exists, terminating, case, &current);
-                        let plan = plan_namespace("ns", &ns, cfg, OURS, desired);
+                        let plan = plan_namespace("ns", &ns, cfg, desired);
                         let ctx = format!(
                             "{what}, exists={exists} terminating={terminating} {case:?} {desired:?}: {plan:?}"
                         );
@@ -182,8 +184,9 @@ fn check(
     let secret_there = want_secret == SecretStep::Create
         || (selected && matches!(case, SecretCase::Current | SecretCase::Stale));
     for (name, state) in &ns.service_accounts {
-        let want = selected && cfg.selects_service_account(name, state.opted);
-        let ours = state.pull_secrets.iter().filter(|r| *r == OURS).count();
+        let instances = cfg.instances_for("ns", &ns.labels);
+        let want = cfg.selects_service_account(instances, Some(name), state.opted);
+        let ours = usize::try_from(state.ours).unwrap_or(usize::MAX);
         let step = plan.references.iter().find(|s| s.service_account == *name);
         let expected = match (want, ours) {
             (true, 1) | (false, 0) => None,
@@ -203,8 +206,7 @@ fn a_new_selected_namespace_gets_the_secret_then_references() {
         "ns",
         &ns,
         &config("ns", "default,builder"),
-        OURS,
-        Desired::Content(&current),
+        Desired::Content(&|_| Some(Arc::new(current.clone()))),
     );
     assert_eq!(plan.secret, SecretStep::Create);
     let adds: Vec<&str> = plan
@@ -234,8 +236,7 @@ fn a_converged_namespace_needs_nothing() {
         "ns",
         &ns,
         &config("ns", "with-ours"),
-        OURS,
-        Desired::Content(&current),
+        Desired::Content(&|_| Some(Arc::new(current.clone()))),
     );
     assert!(plan.is_empty(), "{plan:?}");
     // Our annotations are part of the content: a changed expiry is an update.
@@ -245,8 +246,7 @@ fn a_converged_namespace_needs_nothing() {
         "ns",
         &ns,
         &config("ns", "with-ours"),
-        OURS,
-        Desired::Content(&later),
+        Desired::Content(&|_| Some(Arc::new(later.clone()))),
     );
     assert_eq!(plan.secret, SecretStep::Update);
     // A Secret that lost our label is no longer ours.

@@ -26,9 +26,7 @@ pub fn patch_for(
     config: &Config,
     secret_name: &str,
 ) -> Option<json_patch::Patch> {
-    if !config.selects_namespace(namespace, labels) {
-        return None;
-    }
+    let instances = config.instances_for(namespace, labels);
     let opted = crate::config::opt(
         sa.metadata
             .labels
@@ -36,13 +34,9 @@ pub fn patch_for(
             .and_then(|l| l.get(crate::config::OPT_LABEL))
             .map(String::as_str),
     );
-    let selected = match sa.metadata.name.as_deref() {
-        Some(name) => config.selects_service_account(name, opted),
-        // A generateName'd ServiceAccount's final name is unknown here: only its label or `*`
-        // selects it.
-        None => opted.unwrap_or(config.service_accounts == crate::config::Selection::All),
-    };
-    if !selected {
+    // A generateName'd ServiceAccount's final name is unknown here (`None`): only its label or
+    // `*` selects it.
+    if !config.selects_service_account(instances, sa.metadata.name.as_deref(), opted) {
         return None;
     }
     let reference = serde_json::json!({ "name": secret_name });
@@ -102,9 +96,7 @@ pub fn pod_patch_for(
     }
     let empty = std::collections::BTreeMap::new();
     let labels = ns.map_or(&empty, |n| &n.labels);
-    if !config.selects_namespace(namespace, labels) {
-        return None;
-    }
+    let instances = config.instances_for(namespace, labels);
     let spec = pod.spec.as_ref()?;
     let sa = spec
         .service_account_name
@@ -115,7 +107,7 @@ pub fn pod_patch_for(
     let opted = ns
         .and_then(|n| n.service_accounts.get(sa))
         .and_then(|s| s.opted);
-    if !config.selects_service_account(sa, opted) {
+    if !config.selects_service_account(instances, Some(sa), opted) {
         return None;
     }
     let reference = serde_json::json!({ "name": secret_name });
@@ -321,7 +313,7 @@ mod tests {
     fn reviews_always_allow_and_patch_only_when_enabled_and_selected() {
         let on = config("team-a", "default", true);
         let off = config("team-a", "default", false);
-        let index = Index::default();
+        let index = Index::new("ours");
         let r = response(&review(
             admission("default", "team-a", "CREATE"),
             Some(&on),
@@ -346,7 +338,7 @@ mod tests {
     #[test]
     fn no_reference_where_a_foreign_secret_holds_the_name() {
         let on = config("team-a", "default", true);
-        let mut index = Index::default();
+        let mut index = Index::new("ours");
         let foreign: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
             "metadata": {"namespace": "team-a", "name": "ours", "uid": "u", "resourceVersion": "1"},
             "type": crate::render::DOCKER_CONFIG_TYPE,
@@ -421,7 +413,7 @@ mod tests {
     #[test]
     fn pods_get_the_reference_only_when_injection_is_on_and_everything_is_selected() {
         let on = pod_config("team-a", "default,builder", true);
-        let index = Index::default();
+        let index = Index::new("ours");
         let patch = |p: &Pod, ns: &str, cfg: &Config| {
             pod_refs(p, pod_patch_for(p, ns, "kube-system", cfg, "ours", &index))
         };
@@ -477,13 +469,13 @@ mod tests {
             assert_eq!(patch(&p, ns, &cfg), None, "{why}");
         }
         // The ServiceAccount's opt label, as the index holds it, decides over `service-account`.
-        let mut index = Index::default();
+        let mut index = Index::new("ours");
         let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
             "metadata": {"namespace": "team-a", "name": "builder", "resourceVersion": "1",
                          "labels": {crate::config::OPT_LABEL: "false"}},
         }))
         .unwrap_or_else(|e| panic!("{e}"));
-        index.apply_service_account(&sa);
+        index.apply_service_account(&crate::index::ServiceAccountView::from(&sa));
         let p = pod(Some("builder"), &[], false);
         assert!(pod_patch_for(&p, "team-a", "kube-system", &on, "ours", &index).is_none());
     }
