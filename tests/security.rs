@@ -683,3 +683,124 @@ async fn a_namespace_scoped_to_one_team_never_holds_another_teams_password() {
     )
     .await;
 }
+
+/// A control plane of the test's own, with `ACR_HELPER_APISERVER_FLAGS` set to `flags`; stopped
+/// when dropped.
+struct OwnControlPlane(std::path::PathBuf);
+
+impl OwnControlPlane {
+    fn up(flags: &str) -> OwnControlPlane {
+        let out =
+            std::process::Command::new(support::repo_root().join("tests/cluster/control-plane.sh"))
+                .args(["up", "--owner-pid", &std::process::id().to_string()])
+                .env("ACR_HELPER_APISERVER_FLAGS", flags)
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .unwrap_or_else(|e| panic!("control-plane.sh: {e}"));
+        assert!(out.status.success(), "control-plane.sh up failed");
+        OwnControlPlane(std::path::PathBuf::from(
+            String::from_utf8_lossy(&out.stdout).trim(),
+        ))
+    }
+}
+
+impl Drop for OwnControlPlane {
+    fn drop(&mut self) {
+        let _ =
+            std::process::Command::new(support::repo_root().join("tests/cluster/control-plane.sh"))
+                .arg("down")
+                .arg(&self.0)
+                .output();
+    }
+}
+
+#[tokio::test]
+async fn an_api_server_that_cannot_stream_lists_is_listed_in_small_pages() {
+    // The API server of Kubernetes 1.33 (WatchList off by default) refuses sendInitialEvents.
+    let cp = OwnControlPlane::up("--feature-gates=WatchList=false");
+    let kubeconfig = cp.0.join("kubeconfig");
+    let client = {
+        let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        Client::try_from(cfg).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "paged"}}))
+            .unwrap_or_else(|e| panic!("{e}"));
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sas =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), "paged");
+    wait_until(
+        Duration::from_secs(30),
+        "the default ServiceAccount",
+        || async { !support::is_absent(&sas, "default").await },
+    )
+    .await;
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "acr-configuration", "namespace": "kube-system"},
+        "data": {"watch-namespace": "paged", "acr-registry-info": ENTERPRISE},
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), "kube-system")
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let fake = FakeCloud::start(&default_config());
+    let log = cp.0.join("logs/controller.log");
+    let out = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
+    let mut controller = std::process::Command::new(support::harness::BINARY)
+        .args(fake.cloud_args())
+        .args(["--token-mode", "workerRole", "--log-format", "plain"])
+        .args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--webhook-addr",
+            "127.0.0.1:0",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(out.try_clone().unwrap_or_else(|e| panic!("{e}")))
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let secrets = Api::<Secret>::namespaced(client.clone(), "paged");
+    wait_until(
+        Duration::from_secs(60),
+        "the pull Secret and the reference",
+        || async {
+            !support::is_absent(&secrets, "aliyun-acr-credential-helper").await
+                && sas.get("default").await.is_ok_and(|sa| {
+                    support::reference_names(sa.image_pull_secrets)
+                        .contains(&"aliyun-acr-credential-helper".to_owned())
+                })
+        },
+    )
+    .await;
+    let _ = controller.kill();
+    let _ = controller.wait();
+    support::leaks::file("controller", &log);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("does not stream initial lists"),
+        "the fallback was not taken:\n{text}"
+    );
+    // The audit log shows the paged lists (LIST with limit=25), never a page of 500.
+    let audit = std::fs::read_to_string(cp.0.join("audit.log")).unwrap_or_default();
+    let lists: Vec<String> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| {
+            e["userAgent"]
+                .as_str()
+                .is_some_and(|ua| ua.starts_with("aliyun-acr-credential-helper/"))
+        })
+        .filter(|e| e["verb"] == "list" && e["objectRef"]["resource"] == "serviceaccounts")
+        .filter_map(|e| e["requestURI"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!lists.is_empty(), "no ServiceAccount list in the audit log");
+    assert!(lists.iter().all(|u| u.contains("limit=25")), "{lists:?}");
+}

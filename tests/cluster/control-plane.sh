@@ -15,6 +15,8 @@
 #       so a test binary that dies never leaves processes behind. ACR_HELPER_KCM_QPS sets
 #       kube-controller-manager's API rate (default 20/s, as in a real cluster; the scale
 #       benchmark raises it so seeding thousands of namespaces is not paced by it).
+#       ACR_HELPER_APISERVER_FLAGS adds kube-apiserver flags (split on spaces), e.g.
+#       --feature-gates=WatchList=false for an API server that cannot stream initial lists.
 #   control-plane.sh down DIR
 #       Stops every process started for DIR, waits for them to exit, and removes DIR.
 #   control-plane.sh restart-apiserver DIR
@@ -199,6 +201,7 @@ EOF
     --audit-log-maxbackup=0 --audit-log-maxsize=1048576 --audit-log-format=json \
     --allow-privileged=true \
     --profiling=false \
+    ${ACR_HELPER_APISERVER_FLAGS:-} \
     --v=1 >"$dir/logs/kube-apiserver.log" 2>&1 &
   local api_pid=$!
   echo "$api_pid" >> "$dir/pids"
