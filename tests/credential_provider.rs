@@ -40,93 +40,21 @@ fn strings(args: &[&str]) -> Vec<String> {
 
 /// A fake cloud whose RRSA provider is the local API server and whose RRSA role trusts `subject`.
 fn fake_with_rrsa(subject: &str) -> FakeCloud {
-    let cp = support::control_plane();
-    let dir = cp
-        .dir
-        .clone()
-        .unwrap_or_else(|| panic!("needs our control plane's pki"));
-    let env = std::fs::read_to_string(dir.join("env")).unwrap_or_default();
-    let issuer = env
-        .lines()
-        .find_map(|l| l.strip_prefix("export APISERVER_URL="))
-        .unwrap_or_default()
-        .to_owned();
-    let mut config = default_config();
-    config["oidc_providers"] = json!({
-        OIDC_PROVIDER_ARN: {
-            "issuer": issuer,
-            "jwks_url": format!("{issuer}/openid/v1/jwks"),
-            "ca_file": dir.join("pki/ca.crt"),
-            "audience": "sts.aliyuncs.com"
-        }
-    });
-    config["roles"][RRSA_ROLE_ARN]["oidc_trust"]["subjects"] = json!([subject]);
+    let mut config = support::provider::rrsa_config(subject);
     config["lifetimes"] = json!({"registry_seconds": PASSWORD_SECONDS});
     FakeCloud::start(&config)
 }
 
-/// The plugin's command line after the binary: the cloud endpoints of `fake` and the instances.
 fn plugin_args(fake: &FakeCloud) -> Vec<String> {
-    let mut args = vec!["credential-provider".to_owned()];
-    args.extend(fake.cloud_args());
-    args.extend(
-        [
-            "--instance",
-            &format!("{ENTERPRISE_HOST}={INSTANCE_ID}"),
-            "--instance",
-            &format!("{ENTERPRISE_VPC_HOST}={INSTANCE_ID}"),
-            "--oidc-provider-arn",
-            OIDC_PROVIDER_ARN,
-        ]
-        .iter()
-        .map(|s| (*s).to_owned()),
-    );
-    args
+    support::provider::plugin_args(fake, &[ENTERPRISE_HOST, ENTERPRISE_VPC_HOST])
 }
 
-/// A bin dir holding the binary under the provider's name, and a CredentialProviderConfig for it
-/// (with `token_attributes` for KEP-4412).
 fn kubelet_files(
     dir: &Path,
     fake: &FakeCloud,
     token_attributes: Option<Value>,
 ) -> (PathBuf, PathBuf) {
-    let bin_dir = dir.join("bin");
-    std::fs::create_dir_all(&bin_dir).unwrap_or_else(|e| panic!("{e}"));
-    let plugin = bin_dir.join("aliyun-acr-credential-helper");
-    let _ = std::fs::remove_file(&plugin);
-    std::os::unix::fs::symlink(BINARY, &plugin).unwrap_or_else(|e| panic!("{e}"));
-    let mut provider = json!({
-        "name": "aliyun-acr-credential-helper",
-        "apiVersion": "credentialprovider.kubelet.k8s.io/v1",
-        // Each `*` is one DNS label: Enterprise `<name>-registry[-vpc].<region>.cr.aliyuncs.com`,
-        // Personal `registry[-vpc|-intl|-intl-vpc].<region>.aliyuncs.com`.
-        "matchImages": [
-            "*.*.cr.aliyuncs.com",
-            "registry.*.aliyuncs.com",
-            "registry-vpc.*.aliyuncs.com",
-            "registry-intl.*.aliyuncs.com",
-            "registry-intl-vpc.*.aliyuncs.com"
-        ],
-        "defaultCacheDuration": "1m",
-        "args": plugin_args(fake),
-        "env": [{"name": "ACR_HELPER_LOG_LEVEL", "value": "info"}],
-    });
-    if let Some(t) = token_attributes {
-        provider["tokenAttributes"] = t;
-    }
-    let config = dir.join("credential-provider-config.json");
-    std::fs::write(
-        &config,
-        json!({
-            "apiVersion": "kubelet.config.k8s.io/v1",
-            "kind": "CredentialProviderConfig",
-            "providers": [provider],
-        })
-        .to_string(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    (bin_dir, config)
+    support::provider::kubelet_files(dir, &plugin_args(fake), token_attributes)
 }
 
 /// Runs the kubelet-code judge; one result per image.

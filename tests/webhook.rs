@@ -10,7 +10,7 @@ use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
 use support::fake_cloud::default_config;
-use support::harness::{Harness, free_port};
+use support::harness::{Harness, RemoveWebhook, Served, free_port};
 use support::{TestNamespace, wait_until};
 
 fn sa(name: &str) -> ServiceAccount {
@@ -18,62 +18,6 @@ fn sa(name: &str) -> ServiceAccount {
 }
 
 /// Deletes the MutatingWebhookConfiguration when the test ends, whatever happens.
-struct RemoveWebhook(String);
-impl Drop for RemoveWebhook {
-    fn drop(&mut self) {
-        let name = self.0.clone();
-        let kubeconfig = support::control_plane().kubeconfig.clone();
-        let _ = std::process::Command::new(support::control_plane().binary("kubectl"))
-            .args([
-                "delete",
-                "mutatingwebhookconfiguration",
-                &name,
-                "--ignore-not-found",
-            ])
-            .env("KUBECONFIG", kubeconfig)
-            .output();
-    }
-}
-
-/// A webhook served on a free loopback port and registered under this test's own name (removed
-/// when the test ends): the name and the controller flags that say so.
-struct Served {
-    name: String,
-    args: Vec<String>,
-    _remove: RemoveWebhook,
-}
-
-impl Served {
-    fn new(h: &Harness) -> Served {
-        let port = free_port();
-        let name = format!("acr-helper-{}", h.config_ns.name);
-        let args = [
-            "--token-mode",
-            "workerRole",
-            "--webhook-addr",
-            &format!("127.0.0.1:{port}"),
-            "--webhook-url",
-            &format!("https://127.0.0.1:{port}/mutate"),
-            "--webhook-cert-sans",
-            "127.0.0.1",
-            "--webhook-configuration",
-            &name,
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        Served {
-            _remove: RemoveWebhook(name.clone()),
-            name,
-            args,
-        }
-    }
-
-    fn flags(&self) -> Vec<&str> {
-        self.args.iter().map(String::as_str).collect()
-    }
-}
-
 #[tokio::test]
 async fn new_service_accounts_are_created_with_the_reference() {
     let h = Harness::new("webhook", &default_config(), "cluster-admin").await;

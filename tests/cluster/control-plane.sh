@@ -218,12 +218,13 @@ EOF
   # garbage collection, the kube-root-ca.crt ConfigMap, the aggregated ClusterRoles (`edit`,
   # `admin` and `view` are empty without it: the tenant tests act as `edit`), and the token
   # controller that fills a `kubernetes.io/service-account-token` Secret (the token-minting
-  # attack of the threat model is real here).
+  # attack of the threat model is real here), and the Deployment and ReplicaSet controllers (the
+  # node tests run a Deployment; its Pods name their node, as there is no scheduler).
   "$bin/kube-controller-manager" \
     --kubeconfig="$dir/kube-controller-manager.kubeconfig" \
     --authentication-kubeconfig="$dir/kube-controller-manager.kubeconfig" \
     --authorization-kubeconfig="$dir/kube-controller-manager.kubeconfig" \
-    --controllers=serviceaccount-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,serviceaccount-token-controller \
+    --controllers=serviceaccount-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller,serviceaccount-token-controller,deployment-controller,replicaset-controller \
     --use-service-account-credentials=true \
     --root-ca-file="$pki/ca.crt" \
     --service-account-private-key-file="$pki/sa.key" \

@@ -614,6 +614,63 @@ impl Drop for Harness {
     }
 }
 
+/// Deletes the MutatingWebhookConfiguration of this name when dropped.
+pub struct RemoveWebhook(pub String);
+impl Drop for RemoveWebhook {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        let kubeconfig = super::control_plane().kubeconfig.clone();
+        let _ = std::process::Command::new(super::control_plane().binary("kubectl"))
+            .args([
+                "delete",
+                "mutatingwebhookconfiguration",
+                &name,
+                "--ignore-not-found",
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .output();
+    }
+}
+
+/// A webhook served on a free loopback port and registered under this test's own name (removed
+/// when the test ends): the name and the controller flags that say so.
+pub struct Served {
+    pub name: String,
+    pub args: Vec<String>,
+    _remove: RemoveWebhook,
+}
+
+impl Served {
+    pub fn new(h: &Harness) -> Served {
+        let port = free_port();
+        let name = format!("acr-helper-{}", h.config_ns.name);
+        let args = [
+            "--token-mode",
+            "workerRole",
+            "--webhook-addr",
+            &format!("127.0.0.1:{port}"),
+            "--webhook-url",
+            &format!("https://127.0.0.1:{port}/mutate"),
+            "--webhook-cert-sans",
+            "127.0.0.1",
+            "--webhook-configuration",
+            &name,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        Served {
+            _remove: RemoveWebhook(name.clone()),
+            name,
+            args,
+        }
+    }
+
+    pub fn flags(&self) -> Vec<&str> {
+        self.args.iter().map(String::as_str).collect()
+    }
+}
+
 /// The parsed `.dockerconfigjson` of a Secret.
 pub fn dockerconfig(s: &Secret) -> Value {
     s.data

@@ -11,6 +11,7 @@
 pub mod fake_cloud;
 pub mod harness;
 pub mod leaks;
+pub mod provider;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
