@@ -47,7 +47,7 @@ pub enum AppError {
 pub async fn main(args: Args) -> Result<i32, AppError> {
     match args.command.clone().unwrap_or(Command::Run) {
         Command::CheckConfig { file } => Ok(check_config(&file, args.kube.region.as_deref())),
-        Command::Cleanup => cleanup(args).await,
+        Command::Cleanup { unmark_when_done } => cleanup(args, unmark_when_done).await,
         Command::Plan { file, output } => plan(&args, file.as_deref(), output).await,
         Command::CredentialProvider(p) => Ok(credential_provider(&args, &p).await),
         Command::Run => {
@@ -144,7 +144,7 @@ fn until_true(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send 
     }
 }
 
-async fn cleanup(args: Args) -> Result<i32, AppError> {
+async fn cleanup(args: Args, unmark_when_done: bool) -> Result<i32, AppError> {
     let config = kube_config().await?;
     // Never a replica's own identity (run from inside a pod, POD_NAME names that replica).
     let identity = format!("cleanup-{}-{:08x}", identity(&args), rand::random::<u32>());
@@ -159,6 +159,7 @@ async fn cleanup(args: Args) -> Result<i32, AppError> {
         webhook_configuration: args.webhook.webhook_configuration.clone(),
         webhook_tls_secret: args.webhook.webhook_tls_secret.clone(),
         lease: lease_config(&args, identity),
+        unmark_when_done,
     };
     let work = controller::cleanup::cleanup(writes, lease, &settings, Arc::new(Metrics::new()));
     let report = tokio::time::timeout(CLEANUP_TIMEOUT, work)

@@ -142,7 +142,13 @@ pub enum Command {
     /// made. Works while replicas run: it marks the ConfigMap so they stand down (remove the
     /// annotation aliyun-acr-credential-helper/cleanup to resume), takes the leader Lease, and
     /// waits out the previous leader before removing anything. The chart runs it on uninstall.
-    Cleanup,
+    Cleanup {
+        /// Remove the mark again once everything is removed (the uninstall hook: the ConfigMap
+        /// outlives the release, and a new install must not find it marked). Safe while
+        /// replicas run: cleanup holds the Lease, so none can lead for a Lease duration after it.
+        #[arg(long, env = "ACR_HELPER_CLEANUP_UNMARK_WHEN_DONE")]
+        unmark_when_done: bool,
+    },
     /// Validate an acr-configuration ConfigMap manifest offline, with the controller's messages.
     /// Exits 0 when usable, 1 when not.
     CheckConfig {

@@ -13,7 +13,6 @@ use support::harness::BINARY;
 use support::{TestNamespace, control_plane, helm, ok, repo_root, wait_until};
 
 const CHART: &str = "charts/aliyun-acr-credential-helper";
-const RENDERED: &str = "deploy/aliyun-acr-credential-helper.yaml";
 /// What an offline rendering is told of the target cluster (scripts/render-deploy says the same).
 const TARGET: [&str; 4] = [
     "--kube-version",
@@ -29,21 +28,25 @@ fn helm_lint_strict_passes() {
 
 #[test]
 fn deploy_holds_the_chart_rendered_with_default_values() {
-    let mut args = vec![
-        "template",
-        "aliyun-acr-credential-helper",
-        CHART,
-        "-n",
-        "kube-system",
-        "--no-hooks",
-    ];
-    args.extend(TARGET);
-    let rendered = ok(helm(&args), "helm template");
-    let committed = std::fs::read_to_string(repo_root().join(RENDERED)).unwrap_or_default();
-    assert!(
-        committed == rendered,
-        "{RENDERED} is out of date; regenerate it with scripts/render-deploy"
-    );
+    let dir = std::env::temp_dir().join(format!("acr-helper-deploy-{}", rand::random::<u32>()));
+    let out = Command::new(repo_root().join("scripts/render-deploy"))
+        .arg(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("scripts/render-deploy: {e}"));
+    ok(out, "scripts/render-deploy");
+    for file in [
+        "aliyun-acr-credential-helper.yaml",
+        "acr-configuration.yaml",
+    ] {
+        let rendered = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        let committed =
+            std::fs::read_to_string(repo_root().join("deploy").join(file)).unwrap_or_default();
+        assert!(
+            !rendered.is_empty() && committed == rendered,
+            "deploy/{file} is out of date; regenerate it with scripts/render-deploy"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// One template of the chart rendered as release `x` in kube-system, with extra helm arguments.
@@ -335,6 +338,10 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
         "--ignore-not-found",
         "--no-hooks",
     ]);
+    // ...and the ConfigMap it kept (uninstall keeps the operator's configuration).
+    let _ = Api::<ConfigMap>::namespaced(client.clone(), &release_ns_name)
+        .delete("acr-configuration", &Default::default())
+        .await;
     let webhook_name = format!("{release}-aliyun-acr-credential-helper");
     let set_ns = format!("acrConfiguration.watchNamespace={}", ws.name);
     // No Service reaches a process of the test: the webhook is registered with a loopback URL,
@@ -605,8 +612,25 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
     )
     .await;
 
-    // helm upgrade with changed values changes the ConfigMap, and the running controller follows
+    // The operator's workflow: `kubectl edit cm acr-configuration`. A `helm upgrade` (even one
+    // that sets acrConfiguration values) keeps the edit, and the running controller follows it
     // (including registering the webhook, under the chart's RBAC).
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), &release_ns_name);
+    cms.patch(
+        "acr-configuration",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"data": {
+            "service-account": "builder",
+            "webhook-configuration": "enable: true\n",
+        }})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("edit the ConfigMap: {e}"));
+    let edited = cms
+        .get("acr-configuration")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .data;
     ok(
         helm(&[
             "upgrade",
@@ -616,11 +640,17 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
             &release_ns_name,
             "--reuse-values",
             "--set",
-            "acrConfiguration.serviceAccount=builder",
-            "--set",
-            "acrConfiguration.webhook.enable=true",
+            "acrConfiguration.serviceAccount=not-this",
         ]),
         "helm upgrade",
+    );
+    assert_eq!(
+        cms.get("acr-configuration")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .data,
+        edited,
+        "helm upgrade reverted a kubectl edit of the ConfigMap"
     );
     support::create_service_account(&client, &ws.name, "builder", &[]).await;
     let mwcs =
@@ -784,8 +814,141 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
+    // The configuration is the operator's: uninstall keeps it, without the cleanup mark, so a
+    // new install serves it at once.
+    let kept = cms
+        .get("acr-configuration")
+        .await
+        .unwrap_or_else(|e| panic!("uninstall removed the ConfigMap: {e}"));
+    assert_eq!(kept.data, edited, "uninstall changed the configuration");
+    assert!(
+        !kept
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("aliyun-acr-credential-helper/cleanup"),
+        "uninstall left the cleanup mark"
+    );
+    let _ = cms.delete("acr-configuration", &Default::default()).await;
     let _ = controller.kill();
     let _ = controller.wait();
     support::leaks::file("controller", &dir.join("controller.log"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_cluster_with_an_acr_configuration_keeps_it_unchanged_and_is_served_from_it() {
+    let cp = control_plane();
+    let client = cp.client().await;
+    let release_ns = TestNamespace::create(&client, "chart-orig").await;
+    let ws = TestNamespace::create(&client, "chart-orig-ws").await;
+    // The ConfigMap as ACK's add-on left it, in the seeds' shape (notify-email, a domains string).
+    let existing: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "acr-configuration", "namespace": release_ns.name},
+        "data": {
+            "service-account": "default",
+            "watch-namespace": ws.name,
+            "expiring-threshold": "15m",
+            "notify-email": "c*@example.com",
+            "acr-registry-info": "- instanceId: \"cri-fakeinstance0001\"\n  regionId: \"cn-hangzhou\"\n  domains: \"fake-registry.cn-hangzhou.cr.aliyuncs.com\"\n",
+        },
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), &release_ns.name);
+    let before = cms
+        .create(&Default::default(), &existing)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let release = format!("acr-orig-{:08x}", rand::random::<u32>());
+    // Default values (acrConfiguration.create=true): helm install succeeds and writes nothing.
+    ok(
+        helm(&[
+            "install",
+            &release,
+            CHART,
+            "-n",
+            &release_ns.name,
+            "--wait=false",
+            "--set",
+            "tokenMode=workerRole",
+            "--set",
+            "acrConfiguration.watchNamespace=somewhere-else",
+        ]),
+        "helm install over an existing acr-configuration",
+    );
+    let after = cms
+        .get("acr-configuration")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(after.data, before.data, "the install changed the ConfigMap");
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "the install wrote the ConfigMap"
+    );
+    // The controller, with the chart's ServiceAccount, serves what that ConfigMap says.
+    let fake = FakeCloud::start(&default_config());
+    let dir = std::env::temp_dir().join(format!("acr-helper-orig-{}", release_ns.name));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = dir.join("kubeconfig");
+    support::service_account_kubeconfig(
+        &release_ns.name,
+        "aliyun-acr-credential-helper",
+        &kubeconfig,
+    )
+    .await;
+    let log = std::fs::File::create(dir.join("controller.log")).unwrap_or_else(|e| panic!("{e}"));
+    let mut controller = Command::new(BINARY)
+        .args(fake.cloud_args())
+        .args([
+            "--config-namespace",
+            &release_ns.name,
+            "--token-mode",
+            "workerRole",
+        ])
+        .args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--webhook-addr",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--webhook-configuration",
+            &format!("{release}-aliyun-acr-credential-helper"),
+        ])
+        .args(["--log-format", "plain"])
+        .env("KUBECONFIG", &kubeconfig)
+        .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ws.name);
+    wait_until(
+        Duration::from_secs(30),
+        "the pull Secret from the kept ConfigMap",
+        || async {
+            secrets
+                .get_opt("aliyun-acr-credential-helper")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .is_some_and(|s| {
+                    support::harness::domains(&support::harness::dockerconfig(&s))
+                        == ["fake-registry.cn-hangzhou.cr.aliyuncs.com"]
+                })
+        },
+    )
+    .await;
+    let _ = controller.kill();
+    let _ = controller.wait();
+    support::leaks::file("controller", &dir.join("controller.log"));
+    // Removing the release (even without its hook) leaves the ConfigMap as it was.
+    ok(
+        helm(&["uninstall", &release, "-n", &release_ns.name, "--no-hooks"]),
+        "helm uninstall",
+    );
+    let kept = cms
+        .get("acr-configuration")
+        .await
+        .unwrap_or_else(|e| panic!("uninstall removed the ConfigMap: {e}"));
+    assert_eq!(kept.data, before.data);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -40,6 +40,8 @@ pub struct CleanupSettings {
     pub webhook_configuration: String,
     pub webhook_tls_secret: String,
     pub lease: LeaseConfig,
+    /// Remove the mark once everything is removed (see `cleanup --unmark-when-done`).
+    pub unmark_when_done: bool,
 }
 
 /// What `cleanup` did.
@@ -107,7 +109,27 @@ pub async fn cleanup(
         tokio::time::sleep(wait).await;
     }
     let writer = Writer::new(client.clone(), leadership, term, metrics);
-    let result = remove_everything(&client, &writer, s).await;
+    let mut result = remove_everything(&client, &writer, s).await;
+    // 4. (The uninstall hook.) The mark goes again: the ConfigMap is the operator's and outlives
+    //    the release. No replica can lead before the Lease, taken above and no longer renewed,
+    //    runs out, by when Helm has deleted them.
+    if result.is_ok() && s.unmark_when_done {
+        let unmark = json!({"metadata": {"annotations": {CLEANUP_ANNOTATION: null}}});
+        match cms
+            .patch(
+                &s.config_name,
+                &Writer::patch_params(),
+                &Patch::Merge(&unmark),
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(configmap = %s.config_name, "removed the cleanup mark; the ConfigMap is kept")
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => result = Err(kube_error("patch", "ConfigMap", &s.config_name, &e)),
+        }
+    }
     let _ = stop_tx.send(());
     let _ = keeper.await;
     result
