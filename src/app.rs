@@ -50,6 +50,7 @@ pub async fn main(args: Args) -> Result<i32, AppError> {
         Command::Cleanup { unmark_when_done } => cleanup(args, unmark_when_done).await,
         Command::Plan { file, output } => plan(&args, file.as_deref(), output).await,
         Command::CredentialProvider(p) => Ok(credential_provider(&args, &p).await),
+        Command::Migrate { dry_run, output } => migrate(&args, dry_run, output).await,
         Command::Run => {
             run(args).await?;
             Ok(0)
@@ -496,6 +497,38 @@ where
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(c) => lp = lp.continue_token(&c),
             None => return Ok(out),
+        }
+    }
+}
+
+/// `migrate`: from ACK's add-on (see [`crate::migrate`]).
+async fn migrate(args: &Args, dry_run: bool, output: PlanOutput) -> Result<i32, AppError> {
+    use crate::migrate::apply::{Target, apply, read_and_plan};
+    let client = client(&kube_config().await?, "migrate", None)?;
+    let target = Target {
+        config_namespace: args.kube.config_namespace.clone(),
+        config_name: args.kube.config_name.clone(),
+        secret_name: args.kube.secret_name.clone(),
+        region: args.kube.region.clone(),
+    };
+    let result = match read_and_plan(&client, &target).await {
+        Ok(planned) if dry_run => Ok(planned),
+        Ok(planned) => apply(&client, &target, &planned).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(m) => {
+            match output {
+                PlanOutput::Text => print!("{}", m.text(!dry_run)),
+                PlanOutput::Json => {
+                    println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default())
+                }
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("migrate: {e}; nothing after it was done, run migrate again");
+            Ok(1)
         }
     }
 }

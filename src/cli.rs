@@ -167,6 +167,19 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "text")]
         output: PlanOutput,
     },
+    /// Move from ACK's aliyun-acr-credential-helper add-on: where this controller's pull Secret
+    /// is attached to a ServiceAccount, remove that ServiceAccount's references to the add-on's
+    /// Secrets (acr-credential-<hash>, dockerconfigjson, ACR domains only), then delete those
+    /// Secrets once nothing (no ServiceAccount, no Pod) names them. Run it with your own
+    /// kubeconfig; run it again after Pods are replaced. Exits 0, or 1 when a step failed.
+    Migrate {
+        /// Print what would be done, change nothing.
+        #[arg(long, env = "ACR_HELPER_MIGRATE_DRY_RUN")]
+        dry_run: bool,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: PlanOutput,
+    },
     /// A kubelet image credential provider (credentialprovider.kubelet.k8s.io/v1): reads a
     /// CredentialProviderRequest on stdin, writes a CredentialProviderResponse on stdout. No Secret
     /// is written anywhere. See the README's "kubelet credential provider" section.

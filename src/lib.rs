@@ -19,6 +19,7 @@ pub mod index;
 pub mod kube_errors;
 pub mod leader;
 pub mod metrics;
+pub mod migrate;
 pub mod plan;
 pub mod provider;
 pub mod record;
