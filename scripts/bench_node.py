@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 
 from benchlib import BIN, ROOT, Bench, Broken, free_port
 
@@ -59,20 +60,21 @@ def pod(name, node, image, sa="default"):
 
 
 def wait_started(b, ns, name, timeout=120):
-    """Polls until the container has started (running or already exited); returns when, and the
-    exit code (None while running)."""
+    """Polls until the container has started (running or already exited); returns when, the
+    exit code (None while running), and whether a pull failed first (the kubelet backs off and
+    tries again)."""
     deadline = time.monotonic() + timeout
+    failed = False
     while time.monotonic() < deadline:
         p = b.api("GET", f"/api/v1/namespaces/{ns}/pods/{name}")
         for c in (p.get("status") or {}).get("containerStatuses") or []:
             state = c.get("state") or {}
             if "terminated" in state:
-                return time.monotonic(), state["terminated"].get("exitCode")
+                return time.monotonic(), state["terminated"].get("exitCode"), failed
             if "running" in state:
-                return time.monotonic(), None
+                return time.monotonic(), None, failed
             waiting = (state.get("waiting") or {}).get("reason", "")
-            if waiting in ("ErrImagePull", "ImagePullBackOff"):
-                raise Broken(f"{ns}/{name}: {waiting}")
+            failed = failed or waiting in ("ErrImagePull", "ImagePullBackOff")
         time.sleep(0.05)
     raise Broken(f"{ns}/{name} did not start within {timeout} s")
 
@@ -170,14 +172,15 @@ def main(argv):
         #    as the namespace's default ServiceAccount exists; Pod injection gives it the
         #    reference; the kubelet pulls with imagePullPolicy Always).
         step(f"{a.namespaces} new namespaces, one Pod each, on node A")
-        latencies, round_trips = [], []
+        latencies, round_trips, backed_off = [], [], 0
         for ns in names:
             before = len(registry_lines(a_env))
             t0 = time.monotonic()
             namespace(b, ns)
             b.api("POST", f"/api/v1/namespaces/{ns}/pods", pod("first", "node-a", a_env["IMAGE"]))
-            started, code = wait_started(b, ns, "first")
+            started, code, failed = wait_started(b, ns, "first")
             latencies.append(started - t0)
+            backed_off += failed
             time.sleep(0.3)  # the registry logs a request once it is answered
             round_trips.append(len(registry_lines(a_env)) - before)
             if code not in (0, None):
@@ -185,6 +188,26 @@ def main(argv):
         report["namespace_to_running_seconds"] = {"p50": pct(latencies, 50), "p99": pct(latencies, 99),
                                                   "max": max(latencies)}
         report["registry_requests_per_pull"] = {"p50": pct(round_trips, 50), "max": max(round_trips)}
+        report["first_pulls_that_failed"] = backed_off
+        # From the audit log: when each namespace's pull Secret was created, against its
+        # creation and its Pod's.
+        times = {}
+        with open(os.path.join(b.dir, "audit.log")) as f:
+            for line in f:
+                e = json.loads(line)
+                ref = e.get("objectRef") or {}
+                ns, res, verb = ref.get("namespace") or ref.get("name"), ref.get("resource"), e.get("verb")
+                code = (e.get("responseStatus") or {}).get("code", 0)
+                if verb != "create" or not 200 <= code < 300 or ns not in names:
+                    continue
+                kind = {"namespaces": "ns", "secrets": "secret", "pods": "pod"}.get(res)
+                if kind and not (kind == "secret" and ref.get("name") != "aliyun-acr-credential-helper"):
+                    times.setdefault(ns, {})[kind] = datetime.fromisoformat(e["stageTimestamp"].replace("Z", "+00:00")).timestamp()
+        secret_after_ns = [t["secret"] - t["ns"] for t in times.values() if "secret" in t and "ns" in t]
+        after_pod = sum(1 for t in times.values() if "secret" in t and "pod" in t and t["secret"] > t["pod"])
+        report["secret_created_after_namespace_seconds"] = {"p50": pct(secret_after_ns, 50),
+                                                           "p99": pct(secret_after_ns, 99)}
+        report["secrets_created_after_their_pod"] = after_pod
 
         # 2. The credential provider's cost per pull, as the kubelet reports it: node B (plugin,
         #    no Secret) against node A (a pull Secret), the same image, imagePullPolicy Always.
@@ -215,7 +238,15 @@ def main(argv):
         report["broken"] = str(e)
         print(f"bench-node: BROKEN: {e}", file=sys.stderr)
     finally:
+        keep = os.environ.get("ACR_HELPER_BENCH_NODE_LOGS")
         for n in nodes:
+            if keep:
+                import shutil
+                os.makedirs(keep, exist_ok=True)
+                for f in ("logs/kubelet.log", "registry.log"):
+                    src = os.path.join(n["NODE_DIR"], f)
+                    if os.path.exists(src):
+                        shutil.copy(src, os.path.join(keep, n["NODE_NAME"] + "-" + os.path.basename(f)))
             node_down(n)
         b.close(keep_logs=None if report.get("ok") else os.path.join(ROOT, "target/bench-node-broken"))
     if a.json:
@@ -225,8 +256,12 @@ def main(argv):
         r = report
         print(f"namespace created -> first Pod's container started ({r['namespaces']} namespaces): "
               f"p50 {r['namespace_to_running_seconds']['p50']:.2f} s, p99 {r['namespace_to_running_seconds']['p99']:.2f} s")
+        sa = r["secret_created_after_namespace_seconds"]
+        print(f"pull Secret created after its namespace: p50 {sa['p50'] * 1000:.0f} ms, p99 {sa['p99'] * 1000:.0f} ms; "
+              f"after its Pod: {r['secrets_created_after_their_pod']} of {r['namespaces']}")
         print(f"registry requests per pull: p50 {r['registry_requests_per_pull']['p50']}, "
-              f"max {r['registry_requests_per_pull']['max']}")
+              f"max {r['registry_requests_per_pull']['max']}; first pulls that failed and were retried: "
+              f"{r['first_pulls_that_failed']} of {r['namespaces']}")
         p = r["pull_ms_kubelet"]
         print(f"pull as the kubelet reports it ({r['pulls']} each): pull Secret p50 {p['pull_secret']['p50']:.0f} ms; "
               f"credential provider first {p['provider_first']:.0f} ms (+{p['added_first_ms']:.0f}), "

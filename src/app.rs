@@ -311,6 +311,7 @@ async fn run(args: Args) -> Result<(), AppError> {
             view.clone(),
             index.clone(),
             settings.secret_name.clone(),
+            metrics.clone(),
             until_true(stop_rx.clone()),
         );
         let addr = args.webhook.webhook_addr;

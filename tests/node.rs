@@ -403,7 +403,9 @@ async fn a_pod_created_with_its_namespace_pulls_at_once_through_pod_injection() 
     let h = Harness::new("noderace", &default_config(), "cluster-admin").await;
     let node = Node::up(&h.fake, None);
     let served = Served::new(&h);
-    let _c = h.start(&served.flags());
+    let mut flags = served.flags();
+    flags.extend(["--lease-retry-period", "200ms"]);
+    let c = h.start(&flags);
     let probe = TestNamespace::create(&h.client, "node-probe").await;
     let name = format!("node-race-{:08x}", rand::random::<u32>());
     let watched = format!("{},{name}", probe.name);
@@ -411,7 +413,11 @@ async fn a_pod_created_with_its_namespace_pulls_at_once_through_pod_injection() 
         ("watch-namespace", watched.as_str()),
         ("service-account", "*"),
         ("acr-registry-info", ENTERPRISE),
-        ("webhook-configuration", "pod-injection: true\n"),
+        // 10 s: the Pod webhook may wait up to 2 s for a new namespace's Secret.
+        (
+            "webhook-configuration",
+            "pod-injection: true\npod-timeout-seconds: 10\n",
+        ),
         // No ServiceAccount is ever patched: the reference can only come from the Pod webhook.
         ("patch-service-accounts", "false"),
     ])
@@ -437,12 +443,63 @@ async fn a_pod_created_with_its_namespace_pulls_at_once_through_pod_injection() 
         },
     )
     .await;
-    // The namespace, a ServiceAccount and the Pod, back to back: the Pod is admitted before the
-    // controller has written the namespace's Secret, and its ServiceAccount holds no reference.
-    let ns = TestNamespace::create_named(&h.client, &name).await;
-    support::create_service_account(&h.client, &ns.name, "fresh", &[]).await;
+    // The race, made certain: the namespace, a ServiceAccount and the Pod are created while no
+    // replica leads (the test holds the Lease), so the Pod reaches admission before anyone can
+    // write the namespace's Secret; 300 ms into the admission the Lease is let go, the controller
+    // takes over and writes it. Its ServiceAccount holds no reference.
+    let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        h.client.clone(),
+        &h.config_ns.name,
+    );
+    let hold = |holder: Option<&str>| {
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now());
+        json!({"spec": {"holderIdentity": holder, "leaseDurationSeconds": 4, "renewTime": now, "acquireTime": now}})
+    };
+    leases
+        .patch(
+            "aliyun-acr-credential-helper",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(hold(Some("the-test"))),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("take the Lease: {e}"));
+    wait_until(
+        Duration::from_secs(30),
+        "the controller to stand down",
+        || async { c.metric("acr_helper_leader").await == Some(0.0) },
+    )
+    .await;
+    let waits = "acr_helper_webhook_secret_waits_total{outcome=\"appeared\"}";
+    let waited_before = c.metric(waits).await.unwrap_or(0.0);
     let started = Instant::now();
+    let ns = TestNamespace::create_now(&h.client, &name).await;
+    support::create_service_account(&h.client, &ns.name, "fresh", &[]).await;
+    let release = {
+        let leases = leases.clone();
+        let released = hold(None);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            leases
+                .patch(
+                    "aliyun-acr-credential-helper",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(released),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("release the Lease: {e}"));
+        })
+    };
     let pod = create_pod(&h.client, &ns.name, &node.pod("first", "fresh")).await;
+    release.await.unwrap_or_else(|e| panic!("{e}"));
+    // The webhook held the Pod until the Secret was there, so the kubelet finds it.
+    assert!(
+        !support::is_absent(&h.secrets(&ns.name), &h.secret_name).await,
+        "the Pod was admitted before its namespace's Secret existed"
+    );
+    assert!(
+        c.metric(waits).await.unwrap_or(0.0) > waited_before,
+        "the webhook did not wait for the new namespace's Secret"
+    );
     assert_eq!(
         support::reference_names(pod.spec.and_then(|s| s.image_pull_secrets)),
         std::slice::from_ref(&h.secret_name),

@@ -175,6 +175,27 @@ impl TestNamespace {
         Self::create_named(client, &name).await
     }
 
+    /// Creates the namespace `name` and returns at once, without waiting for its ServiceAccount
+    /// (a test of what happens in a brand-new namespace's first milliseconds).
+    pub async fn create_now(client: &Client, name: &str) -> TestNamespace {
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                labels: Some([(TEST_LABEL.to_owned(), "true".to_owned())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
+        TestNamespace {
+            name: name.to_owned(),
+            kubeconfig: control_plane().kubeconfig.clone(),
+        }
+    }
+
     /// Creates the namespace `name` (see [`TestNamespace::create`]).
     pub async fn create_named(client: &Client, name: &str) -> TestNamespace {
         let name = name.to_owned();
