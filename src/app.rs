@@ -308,10 +308,12 @@ async fn run(args: Args) -> Result<(), AppError> {
             watches.clone(),
             args.webhook.settings(),
             settings.config_namespace.clone(),
-            view.clone(),
-            index.clone(),
-            settings.secret_name.clone(),
-            metrics.clone(),
+            crate::webhook::runtime::Sources {
+                view: view.clone(),
+                index: index.clone(),
+                secret_name: settings.secret_name.clone(),
+                metrics: metrics.clone(),
+            },
             until_true(stop_rx.clone()),
         );
         let addr = args.webhook.webhook_addr;

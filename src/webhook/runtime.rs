@@ -176,18 +176,31 @@ async fn mutate_pod(
     answer(&s, "pods", started, namespace, reviewed, timeout).await
 }
 
+/// What every replica's webhook answers from.
+pub struct Sources {
+    /// The configuration in force.
+    pub view: watch::Receiver<Arc<ConfigView>>,
+    pub index: Arc<SharedIndex>,
+    /// The pull Secret's name.
+    pub secret_name: String,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Serves the webhook on this replica until `shutdown`: loads the certificate from the Secret
 /// (and again whenever it changes) and answers from the configuration in force and the index.
 pub async fn serve(
     client: Client,
     settings: WebhookSettings,
     namespace: String,
-    view: watch::Receiver<Arc<ConfigView>>,
-    index: Arc<SharedIndex>,
-    secret_name: String,
-    metrics: Arc<Metrics>,
+    sources: Sources,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let Sources {
+        view,
+        index,
+        secret_name,
+        metrics,
+    } = sources;
     let cert = Arc::new(ReloadingCert::default());
     let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
     let tls_watch = watcher(
