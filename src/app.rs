@@ -51,12 +51,16 @@ pub async fn main(args: Args) -> Result<i32, AppError> {
         Command::Plan { file, output } => plan(&args, file.as_deref(), output).await,
         Command::CredentialProvider(p) => Ok(credential_provider(&args, &p).await),
         Command::Migrate { dry_run, output } => migrate(&args, dry_run, output).await,
+        Command::Status { output } => status(&args, output).await,
         Command::Run => {
             run(args).await?;
             Ok(0)
         }
     }
 }
+
+/// The controller name every Event reports (`reportingController`).
+pub const REPORTER: &str = "aliyun-acr-credential-helper";
 
 /// The user agent of every request to the API server (it shows in audit logs): the version and
 /// the replica's identity, so the audit log tells replicas apart.
@@ -334,7 +338,7 @@ async fn run(args: Args) -> Result<(), AppError> {
         webhook: args.webhook.settings(),
         readiness,
         reporter: Reporter {
-            controller: "aliyun-acr-credential-helper".into(),
+            controller: REPORTER.into(),
             instance: Some(identity.clone()),
         },
     });
@@ -487,21 +491,142 @@ async fn credential_provider_answer(
     Ok(provider::answer(&request, &cfg, &clients).await?.to_json())
 }
 
-/// Lists every object of `api` matching `lp`, a page at a time.
-async fn list_all<K>(api: &Api<K>, lp: kube::api::ListParams) -> Result<Vec<K>, AppError>
-where
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let mut out = Vec::new();
-    let mut lp = lp.limit(500);
+/// Reads the cluster into an index as the watches would: Namespaces (metadata), ServiceAccounts
+/// (trimmed), the Secrets of our name; a page at a time.
+async fn read_index(client: &Client, secret_name: &str) -> Result<crate::index::Index, AppError> {
+    let mut index = crate::index::Index::new(secret_name);
+    let lp = kube::api::ListParams::default;
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let mut page_params = lp().limit(500);
     loop {
-        let page = api.list(&lp).await?;
-        out.extend(page.items);
+        let page = namespaces.list_metadata(&page_params).await?;
+        for ns in &page.items {
+            index.apply_namespace(ns);
+        }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(c) => lp = lp.continue_token(&c),
-            None => return Ok(out),
+            Some(c) => page_params = page_params.continue_token(&c),
+            None => break,
         }
     }
+    crate::watches::list_pages(
+        &Api::<crate::index::ServiceAccountView>::all(client.clone()),
+        lp(),
+        50,
+        |page| {
+            for sa in &page {
+                index.apply_service_account(sa);
+            }
+        },
+    )
+    .await?;
+    let by_name = lp().fields(&format!("metadata.name={secret_name}"));
+    crate::watches::list_pages(&Api::<Secret>::all(client.clone()), by_name, 50, |page| {
+        for s in &page {
+            index.apply_secret(s);
+        }
+    })
+    .await?;
+    Ok(index)
+}
+
+/// `status`: every selected namespace, served or not and why (see [`crate::status`]).
+async fn status(args: &Args, output: PlanOutput) -> Result<i32, AppError> {
+    use crate::kube_errors::without_message;
+    use crate::status::StatusReport;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let client = client(&kube_config().await?, "status", None)?;
+    let k = &args.kube;
+    let Some(cm) = Api::<ConfigMap>::namespaced(client.clone(), &k.config_namespace)
+        .get_opt(&k.config_name)
+        .await?
+    else {
+        println!(
+            "summary: no ConfigMap {}/{}: the controller does nothing",
+            k.config_namespace, k.config_name
+        );
+        return Ok(1);
+    };
+    let data = cm.data.unwrap_or_default();
+    let cfg = match config::parse(&data, Some(k.region.as_deref().unwrap_or("cn-hangzhou"))) {
+        Ok(p) => p.config,
+        Err(e) => {
+            println!(
+                "summary: the live configuration is rejected ({e}); the last accepted one is in force, see `kubectl describe cm {}`",
+                k.config_name
+            );
+            return Ok(1);
+        }
+    };
+    let index = read_index(&client, &k.secret_name).await?;
+    let mut notes = Vec::new();
+    let key = match Api::<Secret>::namespaced(client.clone(), &k.config_namespace)
+        .get_opt(&k.state_secret)
+        .await
+    {
+        Ok(Some(s)) => s
+            .data
+            .and_then(|d| d.get(crate::record::DIGEST_KEY_FIELD).cloned())
+            .and_then(|b| crate::record::DigestKey::from_bytes(&b.0)),
+        Ok(None) => None,
+        Err(e) => {
+            notes.push(format!(
+                "the state Secret cannot be read ({}): edited Secrets are not told apart",
+                without_message(&e)
+            ));
+            None
+        }
+    };
+    let mut warnings = std::collections::BTreeMap::new();
+    let events = Api::<k8s_openapi::api::events::v1::Event>::all(client.clone());
+    match events
+        .list(&kube::api::ListParams::default().fields("type=Warning"))
+        .await
+    {
+        Ok(list) => {
+            let mut items: Vec<_> = list
+                .items
+                .into_iter()
+                .filter(|e| e.reporting_controller.as_deref() == Some(REPORTER))
+                .collect();
+            items.sort_by_key(|e| {
+                e.event_time
+                    .as_ref()
+                    .map(|t| t.0)
+                    .or(e.deprecated_last_timestamp.as_ref().map(|t| t.0))
+            });
+            for e in items {
+                let Some(r) = &e.regarding else { continue };
+                let ns = if r.kind.as_deref() == Some("Namespace") {
+                    r.name.clone()
+                } else {
+                    r.namespace.clone()
+                };
+                if let Some(ns) = ns {
+                    let text = format!(
+                        "{} on {} {}: {}",
+                        e.reason.unwrap_or_default(),
+                        r.kind.clone().unwrap_or_default(),
+                        r.name.clone().unwrap_or_default(),
+                        e.note.unwrap_or_default()
+                    );
+                    warnings.insert(ns, text);
+                }
+            }
+        }
+        Err(e) => notes.push(format!(
+            "Events cannot be read ({}): no last warnings",
+            without_message(&e)
+        )),
+    }
+    let report = StatusReport::build(&index, &cfg, key.as_ref(), &warnings, notes);
+    match output {
+        PlanOutput::Text => print!("{}", report.text()),
+        PlanOutput::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        ),
+    }
+    Ok(if report.healthy() { 0 } else { 1 })
 }
 
 /// `migrate`: from ACK's add-on (see [`crate::migrate`]).
@@ -575,36 +700,7 @@ async fn plan(
             Vec::new(),
         ),
         Ok(parsed) => {
-            let mut index = crate::index::Index::new(&k.secret_name);
-            let lp = kube::api::ListParams::default;
-            let namespaces = Api::<Namespace>::all(client.clone());
-            let mut page_params = lp().limit(500);
-            loop {
-                let page = namespaces.list_metadata(&page_params).await?;
-                for ns in &page.items {
-                    index.apply_namespace(ns);
-                }
-                match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                    Some(c) => page_params = page_params.continue_token(&c),
-                    None => break,
-                }
-            }
-            // Trimmed as they are parsed, a page at a time, as the watch does.
-            crate::watches::list_pages(
-                &Api::<crate::index::ServiceAccountView>::all(client.clone()),
-                lp(),
-                50,
-                |page| {
-                    for sa in &page {
-                        index.apply_service_account(sa);
-                    }
-                },
-            )
-            .await?;
-            let by_name = lp().fields(&format!("metadata.name={}", k.secret_name));
-            for s in list_all(&Api::<Secret>::all(client.clone()), by_name).await? {
-                index.apply_secret(&s);
-            }
+            let index = read_index(&client, &k.secret_name).await?;
             let current = Api::<MutatingWebhookConfiguration>::all(client.clone())
                 .get_opt(&args.webhook.webhook_configuration)
                 .await?

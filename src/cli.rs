@@ -180,6 +180,14 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "text")]
         output: PlanOutput,
     },
+    /// Show, from the live cluster (read only), every namespace the configuration selects:
+    /// served or pending, until when its passwords work, ServiceAccounts patched or pending, and
+    /// the last Warning about it. Exits 0 when everything selected is served, 1 otherwise.
+    Status {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "text")]
+        output: PlanOutput,
+    },
     /// A kubelet image credential provider (credentialprovider.kubelet.k8s.io/v1): reads a
     /// CredentialProviderRequest on stdin, writes a CredentialProviderResponse on stdout. No Secret
     /// is written anywhere. See the README's "kubelet credential provider" section.

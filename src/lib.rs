@@ -25,6 +25,7 @@ pub mod provider;
 pub mod record;
 pub mod render;
 pub mod server;
+pub mod status;
 pub mod telemetry;
 pub mod watches;
 pub mod webhook;

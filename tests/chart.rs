@@ -612,6 +612,69 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
     )
     .await;
 
+    // `helm test`: its Pod runs `status` with the chart's ServiceAccount. No kubelet runs it here,
+    // so the test does: it runs exactly the Pod's arguments as that ServiceAccount, then records
+    // the Pod's phase, as the kubelet would.
+    let tester = {
+        let release = release.clone();
+        let ns = release_ns_name.clone();
+        std::thread::spawn(move || helm(&["test", &release, "-n", &ns, "--timeout", "2m"]))
+    };
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &release_ns_name);
+    let test_pod = "aliyun-acr-credential-helper-test";
+    wait_until(Duration::from_secs(60), "the helm test Pod", || async {
+        !support::is_absent(&pods, test_pod).await
+    })
+    .await;
+    let spec = pods
+        .get(test_pod)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .spec
+        .unwrap_or_default();
+    let test_args = spec.containers[0].args.clone().unwrap_or_default();
+    assert_eq!(
+        test_args.first().map(String::as_str),
+        Some("status"),
+        "{test_args:?}"
+    );
+    let test_kubeconfig = dir.join("test-kubeconfig");
+    support::service_account_kubeconfig(
+        &release_ns_name,
+        &spec.service_account_name.clone().unwrap_or_default(),
+        &test_kubeconfig,
+    )
+    .await;
+    let out = Command::new(BINARY)
+        .args(&test_args)
+        .env("KUBECONFIG", &test_kubeconfig)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "status failed with the chart's ServiceAccount:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("namespace {}: served", ws.name))
+            && stdout.contains("0 ServiceAccount(s) pending"),
+        "{stdout}"
+    );
+    pods.patch_status(
+        test_pod,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"status": {"phase": "Succeeded"}})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("record the test Pod's phase: {e}"));
+    ok(
+        tester
+            .join()
+            .unwrap_or_else(|_| panic!("helm test panicked")),
+        "helm test",
+    );
+
     // The operator's workflow: `kubectl edit cm acr-configuration`. A `helm upgrade` (even one
     // that sets acrConfiguration values) keeps the edit, and the running controller follows it
     // (including registering the webhook, under the chart's RBAC).

@@ -5,6 +5,8 @@ app.kubernetes.io/name: {{ include "acr-helper.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: aliyun-acr-credential-helper
 {{- end -}}
 
 {{- define "acr-helper.selectorLabels" -}}
@@ -13,7 +15,49 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "acr-helper.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- $registry := .Values.image.registry | default ((.Values.global).imageRegistry) -}}
+{{- with $registry }}{{ . }}/{{ end }}{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* imagePullSecrets of the chart's Pods: image.pullSecrets, else global.imagePullSecrets. */}}
+{{- define "acr-helper.imagePullSecrets" -}}
+{{- $secrets := .Values.image.pullSecrets | default ((.Values.global).imagePullSecrets) -}}
+{{- with $secrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ if kindIs "map" . }}{{ .name }}{{ else }}{{ . }}{{ end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Two replicas on two nodes (and zones) where they can be: one node's loss never takes both. */}}
+{{- define "acr-helper.spread" -}}
+{{- if .Values.affinity }}
+affinity:
+  {{- toYaml .Values.affinity | nindent 2 }}
+{{- else }}
+affinity:
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- include "acr-helper.selectorLabels" . | nindent 14 }}
+{{- end }}
+{{- if .Values.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml .Values.topologySpreadConstraints | nindent 2 }}
+{{- else }}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: topology.kubernetes.io/zone
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "acr-helper.selectorLabels" . | nindent 8 }}
+{{- end }}
 {{- end -}}
 
 {{/* Name of cluster-scoped objects: unique per release. */}}
