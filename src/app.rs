@@ -764,6 +764,17 @@ pub fn check_config(path: &std::path::Path, region: Option<&str>) -> i32 {
             for line in parsed.config.describe_instances() {
                 println!("  {line}");
             }
+            if parsed.config.rrsa_enabled
+                && parsed
+                    .config
+                    .instances
+                    .iter()
+                    .any(|i| i.auth.rrsa.is_some())
+            {
+                println!(
+                    "  rrsa: enable: true needs a projected ServiceAccount token (audience sts.aliyuncs.com) in the controller's pods: with the chart, set rrsa.enabled=true (it mounts one at /var/run/secrets/ack.alibabacloud.com/rrsa-tokens/token)"
+                );
+            }
             0
         }
         Err(errors) => {

@@ -335,9 +335,15 @@ impl Chain {
             path: path.display().to_string(),
             detail,
         };
-        let token = tokio::fs::read_to_string(path)
-            .await
-            .map_err(|e| err(e.kind().to_string()))?;
+        let token = tokio::fs::read_to_string(path).await.map_err(|e| {
+            // `rrsa: enable: true` in the ConfigMap alone (as ACK's RRSA steps do) mounts no
+            // token: say what does.
+            if e.kind() == std::io::ErrorKind::NotFound {
+                err("no such file: no projected ServiceAccount token is mounted there. With the chart, set rrsa.enabled=true (helm upgrade --reuse-values --set rrsa.enabled=true), which mounts one with audience sts.aliyuncs.com; elsewhere, mount one at --oidc-token-file".to_owned())
+            } else {
+                err(e.kind().to_string())
+            }
+        })?;
         let token = token.trim();
         if token.is_empty() {
             return Err(err("the file is empty".to_owned()));
