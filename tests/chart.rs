@@ -798,7 +798,7 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
     wait_until(
         Duration::from_secs(60),
         "the pre-delete hook Job",
-        || async { jobs.get_opt(hook).await.ok().flatten().is_some() },
+        || async { !support::is_absent(&jobs, hook).await },
     )
     .await;
     let job = jobs.get(hook).await.unwrap_or_else(|e| panic!("{e}"));

@@ -10,7 +10,7 @@ use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
 use support::fake_cloud::default_config;
-use support::harness::{Harness, RemoveWebhook, Served, free_port};
+use support::harness::{Harness, RemoveWebhook, Served, TLS_SECRET, free_port};
 use support::{TestNamespace, wait_until};
 
 fn sa(name: &str) -> ServiceAccount {
@@ -28,7 +28,7 @@ async fn new_service_accounts_are_created_with_the_reference() {
     let _remove = RemoveWebhook(name.clone());
     let url = format!("https://127.0.0.1:{port}/mutate");
     let addr = format!("127.0.0.1:{port}");
-    let tls_secret = "webhook-tls";
+    let tls_secret = TLS_SECRET;
     // A replica serving the webhook on `addr`; every replica registers the same URL.
     let replica = |addr: &str| {
         h.start(&[
@@ -42,8 +42,6 @@ async fn new_service_accounts_are_created_with_the_reference() {
             "127.0.0.1",
             "--webhook-configuration",
             &name,
-            "--webhook-tls-secret",
-            tls_secret,
         ])
     };
     let mut leader = replica(&addr);
@@ -63,7 +61,7 @@ async fn new_service_accounts_are_created_with_the_reference() {
     wait_until(
         Duration::from_secs(30),
         "the MutatingWebhookConfiguration",
-        || async { mwcs.get_opt(&name).await.ok().flatten().is_some() },
+        || async { !support::is_absent(&mwcs, &name).await },
     )
     .await;
     let mwc = mwcs.get(&name).await.unwrap_or_else(|e| panic!("{e}"));
@@ -219,7 +217,7 @@ async fn new_service_accounts_are_created_with_the_reference() {
     let mut flags = h.cleanup_flags();
     flags.extend(["--webhook-configuration".to_owned(), name.clone()]);
     support::run_cleanup(&flags);
-    assert!(mwcs.get_opt(&name).await.ok().flatten().is_none());
+    assert!(support::is_absent(&mwcs, &name).await);
     let _ = mwcs.delete(&name, &DeleteParams::default()).await;
 }
 
@@ -270,7 +268,7 @@ async fn no_reference_where_a_foreign_secret_holds_the_name() {
     .await;
     let mwcs = Api::<MutatingWebhookConfiguration>::all(h.client.clone());
     wait_until(Duration::from_secs(30), "the registration", || async {
-        mwcs.get_opt(&name).await.ok().flatten().is_some()
+        !support::is_absent(&mwcs, &name).await
     })
     .await;
     // The webhook answers: a new ServiceAccount of the control namespace is created with the
@@ -327,8 +325,6 @@ async fn a_client_that_stalls_is_disconnected() {
         "127.0.0.1",
         "--webhook-configuration",
         &name,
-        "--webhook-tls-secret",
-        "webhook-tls",
         "--webhook-client-timeout",
         "1s",
     ]);
@@ -339,7 +335,7 @@ async fn a_client_that_stalls_is_disconnected() {
     .await;
     let tls = Api::<Secret>::namespaced(h.client.clone(), &h.config_ns.name);
     wait_until(Duration::from_secs(30), "the certificate", || async {
-        tls.get_opt("webhook-tls").await.ok().flatten().is_some()
+        !support::is_absent(&tls, TLS_SECRET).await
     })
     .await;
     // Connects and sends nothing: closed after the handshake timeout.
@@ -361,7 +357,7 @@ async fn a_client_that_stalls_is_disconnected() {
 
     // Completes the handshake, then sends half a request: closed after the header timeout.
     let ca = tls
-        .get("webhook-tls")
+        .get(TLS_SECRET)
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .data
@@ -504,7 +500,7 @@ async fn pods_get_the_reference_at_admission_without_any_service_account_write()
     // never calls it for the controller's namespace or for opted-out namespaces.
     let mwcs = Api::<MutatingWebhookConfiguration>::all(h.client.clone());
     wait_until(Duration::from_secs(30), "the registration", || async {
-        mwcs.get_opt(&name).await.ok().flatten().is_some()
+        !support::is_absent(&mwcs, &name).await
     })
     .await;
     let hooks = mwcs
@@ -689,8 +685,7 @@ async fn connections_that_trickle_their_bodies_cannot_starve_the_webhook() {
     let h = Harness::new("whslow", &default_config(), "cluster-admin").await;
     let watched = TestNamespace::create(&h.client, "whslow-ws").await;
     let served = Served::new(&h);
-    let mut flags = served.flags();
-    flags.extend(["--webhook-tls-secret", "webhook-tls"]);
+    let flags = served.flags();
     let _c = h.start(&flags);
     h.apply_config(&[
         ("watch-namespace", watched.name.as_str()),
@@ -701,12 +696,12 @@ async fn connections_that_trickle_their_bodies_cannot_starve_the_webhook() {
     .await;
     let secrets = Api::<Secret>::namespaced(h.client.clone(), &h.config_ns.name);
     wait_until(Duration::from_secs(30), "the certificate", || async {
-        !support::is_absent(&secrets, "webhook-tls").await
+        !support::is_absent(&secrets, TLS_SECRET).await
     })
     .await;
     h.wait_secret(&watched.name).await;
     let ca = secrets
-        .get("webhook-tls")
+        .get(TLS_SECRET)
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .data

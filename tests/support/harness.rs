@@ -45,6 +45,10 @@ pub struct Harness {
     dir: PathBuf,
 }
 
+/// The webhook's certificate Secret: the controller's default name, which the chart's policies
+/// (installed by every [`Harness`]) let it write.
+pub const TLS_SECRET: &str = "aliyun-acr-credential-helper-webhook-tls";
+
 /// The ValidatingAdmissionPolicies (and bindings) the chart ships, rendered for a release `release`
 /// in `namespace` whose pull Secret is `secret_name`, with more `--set` values; only those whose
 /// names end with one of `kinds` (`-secrets`, `-serviceaccounts`, `-configmap`, `-webhook`).
