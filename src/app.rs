@@ -287,7 +287,12 @@ async fn run(args: Args) -> Result<(), AppError> {
         },
         metrics.clone(),
     );
-    let readiness = Arc::new(Readiness::new(index.clone(), view.clone()));
+    let webhook_cert = Arc::new(crate::webhook::server::ReloadingCert::default());
+    let readiness = Arc::new(Readiness::new(
+        index.clone(),
+        view.clone(),
+        webhook_cert.clone(),
+    ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -317,6 +322,7 @@ async fn run(args: Args) -> Result<(), AppError> {
                 index: index.clone(),
                 secret_name: settings.secret_name.clone(),
                 metrics: metrics.clone(),
+                cert: webhook_cert,
             },
             until_true(stop_rx.clone()),
         );

@@ -91,6 +91,7 @@ pub struct Metrics {
     pub config_present: Gauge,
     pub config_last_accepted: Gauge,
     pub leader: Gauge,
+    pub degraded: Gauge,
 }
 
 impl Default for Metrics {
@@ -118,6 +119,7 @@ impl Metrics {
             config_present: Gauge::default(),
             config_last_accepted: Gauge::default(),
             leader: Gauge::default(),
+            degraded: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -169,6 +171,11 @@ impl Metrics {
             "config_last_accepted",
             "1 while the configuration in force is the last accepted one, not the live ConfigMap (which was rejected)",
             m.config_last_accepted.clone(),
+        );
+        registry.register(
+            "degraded",
+            "1 while this replica leads and holds no credentials for the configuration in force (it retries; the ConfigMap's Events say why)",
+            m.degraded.clone(),
         );
         registry.register(
             "leader",

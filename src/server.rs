@@ -40,6 +40,7 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
     s.metrics
         .secrets_managed
         .set(i64::try_from(managed).unwrap_or(i64::MAX));
+    s.metrics.degraded.set(i64::from(s.readiness.degraded()));
     (
         [(
             header::CONTENT_TYPE,
@@ -50,13 +51,18 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    if s.readiness.ready() {
-        (StatusCode::OK, "ready")
-    } else {
+    if !s.readiness.ready() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: watches not synced or no credentials yet",
+            "not ready: watches not synced, or the webhook's certificate not loaded yet",
         )
+    } else if s.readiness.degraded() {
+        (
+            StatusCode::OK,
+            "ready, degraded: no credentials yet for the configuration in force (retrying; see the ConfigMap's Events)",
+        )
+    } else {
+        (StatusCode::OK, "ready")
     }
 }
 

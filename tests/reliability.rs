@@ -13,7 +13,9 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 use support::fake_cloud::*;
-use support::harness::{BINARY, Harness, dockerconfig, domains, free_port, scrape_metric};
+use support::harness::{
+    BINARY, Harness, TLS_SECRET, dockerconfig, domains, free_port, scrape_metric,
+};
 use support::{TestNamespace, wait_until};
 
 const ENTERPRISE: &str = "- instanceId: cri-fakeinstance0001\n";
@@ -21,7 +23,11 @@ const LAST_CONFIG: &str = "aliyun-acr-credential-helper-last-config";
 
 /// The logins of the Secret in `ns`: domain -> (username, password).
 async fn logins(h: &Harness, ns: &str) -> Option<BTreeMap<String, (String, String)>> {
-    let s = h.secrets(ns).get_opt(&h.secret_name).await.ok().flatten()?;
+    let s = h
+        .secrets(ns)
+        .get_opt(&h.secret_name)
+        .await
+        .unwrap_or_else(|e| panic!("get {ns}/{}: {e}", h.secret_name))?;
     let doc = dockerconfig(&s);
     let map = doc["auths"].as_object()?;
     Some(
@@ -103,7 +109,7 @@ async fn leftovers(h: &Harness, namespaces: &[&str], webhook: &str) -> Vec<Strin
             s.metadata.namespace, s.metadata.name
         ));
     }
-    for name in [LAST_CONFIG, "webhook-tls"] {
+    for name in [LAST_CONFIG, TLS_SECRET] {
         if h.secrets(&h.config_ns.name)
             .get_opt(name)
             .await
@@ -150,8 +156,6 @@ async fn cleanup_while_two_replicas_run_leaves_nothing_behind() {
                 "127.0.0.1",
                 "--webhook-configuration",
                 &webhook,
-                "--webhook-tls-secret",
-                "webhook-tls",
             ],
         )
     };
@@ -173,7 +177,7 @@ async fn cleanup_while_two_replicas_run_leaves_nothing_behind() {
         "the webhook and the persisted configuration",
         || async {
             let left = leftovers(&h, &[], &webhook).await;
-            ["MutatingWebhookConfiguration", LAST_CONFIG, "webhook-tls"]
+            ["MutatingWebhookConfiguration", LAST_CONFIG, TLS_SECRET]
                 .iter()
                 .all(|what| left.iter().any(|l| l.contains(what)))
         },
@@ -182,15 +186,7 @@ async fn cleanup_while_two_replicas_run_leaves_nothing_behind() {
 
     // cleanup while both replicas run.
     let mut flags = h.cleanup_flags();
-    flags.extend(
-        [
-            "--webhook-configuration",
-            &webhook,
-            "--webhook-tls-secret",
-            "webhook-tls",
-        ]
-        .map(String::from),
-    );
+    flags.extend(["--webhook-configuration", &webhook].map(String::from));
     let started = Instant::now();
     support::run_cleanup(&flags);
     eprintln!("cleanup took {:?}", started.elapsed());
@@ -784,6 +780,153 @@ async fn one_service_account_that_cannot_be_patched_does_not_stop_the_others() {
                     && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("denied")
             })
         },
+    )
+    .await;
+}
+
+/// Events recorded in `namespace` about the object `kind`/`name`, as (type, reason).
+async fn events_about(
+    client: &Client,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+) -> Vec<(String, String)> {
+    Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("list Events in {namespace}: {e}"))
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name))
+        })
+        .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
+        .collect()
+}
+
+async fn has_event(
+    h: &Harness,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    want: (&str, &str),
+) -> bool {
+    events_about(&h.client, namespace, kind, name)
+        .await
+        .iter()
+        .any(|(t, r)| t == want.0 && r == want.1)
+}
+
+async fn readyz(c: &support::harness::ControllerProcess) -> (u16, String) {
+    let r = reqwest::get(format!("{}/readyz", c.metrics_url))
+        .await
+        .unwrap_or_else(|e| panic!("/readyz: {e}"));
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_cloud_outage_is_degraded_not_not_ready_and_recovery_is_recorded() {
+    let h = Harness::new("degraded", &default_config(), "cluster-admin").await;
+    let open = TestNamespace::create(&h.client, "deg-open").await;
+    let shut = TestNamespace::create(&h.client, "deg-shut").await;
+    // No Secret may be written in `shut` until the policy goes.
+    let policy = format!("deny-secrets-{}", shut.name);
+    let remove = Remove(vec![
+        ("validatingadmissionpolicybinding", policy.clone()),
+        ("validatingadmissionpolicy", policy.clone()),
+    ]);
+    deny(&h.client, &policy, ("", "secrets"), &shut.name, "false").await;
+    wait_until(Duration::from_secs(20), "the policy", || async {
+        let probe: Secret = serde_json::from_value(json!({"metadata": {"name": "probe"}}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        h.secrets(&shut.name)
+            .create(&PostParams::default(), &probe)
+            .await
+            .is_err()
+    })
+    .await;
+    h.fake
+        .fault(
+            "GetAuthorizationToken",
+            json!({"kind": "http500", "count": -1}),
+        )
+        .await;
+    let c = h.start(&["--token-mode", "workerRole"]);
+    let list = format!("{},{}", open.name, shut.name);
+    h.apply_config(&[
+        ("watch-namespace", list.as_str()),
+        ("acr-registry-info", ENTERPRISE),
+    ])
+    .await;
+    let cm = ("ConfigMap", "acr-configuration");
+    let config_ns = h.config_ns.name.clone();
+    wait_until(
+        Duration::from_secs(30),
+        "CredentialsUnavailable on the ConfigMap",
+        || async {
+            has_event(
+                &h,
+                &config_ns,
+                cm.0,
+                cm.1,
+                ("Warning", "CredentialsUnavailable"),
+            )
+            .await
+        },
+    )
+    .await;
+    // The leader is retrying the cloud: Ready (it serves and its watches are synced), and says
+    // it is degraded.
+    let (status, body) = readyz(&c).await;
+    assert_eq!(status, 200, "NotReady during a cloud outage: {body}");
+    assert!(body.contains("degraded"), "{body}");
+    assert_eq!(c.metric("acr_helper_degraded").await, Some(1.0));
+    assert!(!has_event(&h, &config_ns, cm.0, cm.1, ("Normal", "Refreshed")).await);
+
+    h.fake.clear_faults().await;
+    h.wait_secret(&open.name).await;
+    wait_until(
+        Duration::from_secs(30),
+        "Refreshed on the ConfigMap",
+        || async { has_event(&h, &config_ns, cm.0, cm.1, ("Normal", "Refreshed")).await },
+    )
+    .await;
+    wait_until(Duration::from_secs(10), "not degraded", || async {
+        c.metric("acr_helper_degraded").await == Some(0.0)
+    })
+    .await;
+    assert_eq!(readyz(&c).await, (200, "ready".to_owned()));
+
+    // Events about a Namespace (cluster-scoped) land in `default`.
+    wait_until(
+        Duration::from_secs(30),
+        "ReconcileFailed on the shut namespace",
+        || async {
+            has_event(
+                &h,
+                "default",
+                "Namespace",
+                &shut.name,
+                ("Warning", "ReconcileFailed"),
+            )
+            .await
+        },
+    )
+    .await;
+    assert!(!has_event(&h, "default", "Namespace", &shut.name, ("Normal", "Served")).await);
+    assert!(
+        !has_event(&h, "default", "Namespace", &open.name, ("Normal", "Served")).await,
+        "a namespace that never failed is not reported as recovered"
+    );
+    drop(remove);
+    h.wait_secret(&shut.name).await;
+    wait_until(
+        Duration::from_secs(30),
+        "Served on the shut namespace",
+        || async { has_event(&h, "default", "Namespace", &shut.name, ("Normal", "Served")).await },
     )
     .await;
 }

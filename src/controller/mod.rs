@@ -45,7 +45,7 @@ use crate::leader::Leadership;
 use crate::metrics::{CategoryLabel, Metrics, ResultLabel};
 use crate::plan::{Desired, NamespacePlan, SecretStep, plan_namespace};
 use crate::render::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
-use events::Events;
+use events::{Events, Reason};
 use queue::WorkQueue;
 use refresher::Content;
 use refresher::{Refresher, retry_delay};
@@ -144,30 +144,45 @@ pub struct Settings {
 pub struct Readiness {
     pub index: Arc<SharedIndex>,
     pub view: watch::Receiver<Arc<ConfigView>>,
+    /// The webhook's serving certificate (loaded by the webhook server).
+    pub webhook_cert: Arc<crate::webhook::server::ReloadingCert>,
     pub leading: AtomicBool,
     /// The leader obtained credentials for the configuration in force.
     pub content_ok: AtomicBool,
 }
 
 impl Readiness {
-    pub fn new(index: Arc<SharedIndex>, view: watch::Receiver<Arc<ConfigView>>) -> Readiness {
+    pub fn new(
+        index: Arc<SharedIndex>,
+        view: watch::Receiver<Arc<ConfigView>>,
+        webhook_cert: Arc<crate::webhook::server::ReloadingCert>,
+    ) -> Readiness {
         Readiness {
             index,
             view,
+            webhook_cert,
             leading: AtomicBool::new(false),
             content_ok: AtomicBool::new(false),
         }
     }
 
-    /// Ready once the watches have listed and, on the leader with a configuration in force,
-    /// credentials were obtained for it. A standby is ready: it serves the webhook.
+    /// Ready once the watches have listed and, when the configuration in force registers a
+    /// webhook, the serving certificate is loaded: what the replica needs to answer. The cloud
+    /// is not part of it: a cloud outage is [`Readiness::degraded`], Events and metrics, so
+    /// `helm install --wait` and rollouts do not stall on what a restart cannot fix.
     pub fn ready(&self) -> bool {
         let view = self.view.borrow();
         self.index.synced()
             && view.synced()
-            && (!self.leading.load(Ordering::Relaxed)
-                || view.config().is_none()
-                || self.content_ok.load(Ordering::Relaxed))
+            && (!view.config().is_some_and(|c| c.webhook.any()) || self.webhook_cert.is_loaded())
+    }
+
+    /// The leader holds no credentials for the configuration in force (it is retrying; the
+    /// ConfigMap's Events say why).
+    pub fn degraded(&self) -> bool {
+        self.leading.load(Ordering::Relaxed)
+            && self.view.borrow().config().is_some()
+            && !self.content_ok.load(Ordering::Relaxed)
     }
 }
 
@@ -336,7 +351,11 @@ impl Term {
                 };
                 tracing::warn!(namespace = %ns, "{e}");
                 self.events
-                    .warn(&namespace_reference(ns), "SecretNameTaken", e.to_string())
+                    .record(
+                        &namespace_reference(ns),
+                        Reason::SecretNameTaken,
+                        e.to_string(),
+                    )
                     .await;
             }
             return Ok(());
@@ -409,9 +428,9 @@ impl Term {
                 Err(e) => {
                     tracing::warn!(namespace = %ns, service_account = %sa, error = %e, "could not patch imagePullSecrets");
                     self.events
-                        .warn(
+                        .record(
                             &service_account_reference(ns, &sa),
-                            "PatchFailed",
+                            Reason::PatchFailed,
                             e.to_string(),
                         )
                         .await;
@@ -473,9 +492,9 @@ impl Term {
             ..Default::default()
         };
         self.events
-            .warn(
+            .record(
                 &reference,
-                "SecretRepaired",
+                Reason::SecretRepaired,
                 format!("Secret {ns}/{name} held content the controller did not write (edited by someone else); it was rewritten with the controller's, and nothing of the edit was kept or copied anywhere"),
             )
             .await;
@@ -495,7 +514,17 @@ impl Term {
                 .inc();
             match result {
                 Ok(()) => {
-                    lock(&self.failures).remove(&ns);
+                    let failed = lock(&self.failures).remove(&ns);
+                    if let Some(n) = failed {
+                        tracing::info!(namespace = %ns, after_failures = n, "served again");
+                        self.events
+                            .record(
+                                &namespace_reference(&ns),
+                                Reason::Served,
+                                format!("served again after {n} failed attempt(s): the pull Secret and the ServiceAccounts' references are as configured"),
+                            )
+                            .await;
+                    }
                 }
                 // The term is over (the queue goes with it); should it go on after all, the
                 // namespace is tried again.
@@ -529,11 +558,11 @@ impl Term {
                     tracing::warn!(namespace = %ns, error = %e, category = e.category(), retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "reconcile failed");
                     if failures == 1 {
                         let reason = match &e {
-                            Error::ForeignSecret { .. } => "SecretNameTaken",
-                            _ => "ReconcileFailed",
+                            Error::ForeignSecret { .. } => Reason::SecretNameTaken,
+                            _ => Reason::ReconcileFailed,
                         };
                         self.events
-                            .warn(&namespace_reference(&ns), reason, e.to_string())
+                            .record(&namespace_reference(&ns), reason, e.to_string())
                             .await;
                     }
                     self.queue
@@ -587,7 +616,11 @@ impl Term {
                             tracing::warn!(error = %e, "could not register the admission webhook");
                             if let Some(cm) = &v.configmap {
                                 self.events
-                                    .warn(cm, "WebhookFailed", format!("admission webhook: {e}"))
+                                    .record(
+                                        cm,
+                                        Reason::WebhookFailed,
+                                        format!("admission webhook: {e}"),
+                                    )
                                     .await;
                             }
                             retry = true;
@@ -645,9 +678,9 @@ impl Term {
             Err(_) => return,
         };
         self.events
-            .warn(
+            .record(
                 cm,
-                "InvalidConfiguration",
+                Reason::InvalidConfiguration,
                 format!("acr-configuration rejected, {consequence}: {errors}"),
             )
             .await;

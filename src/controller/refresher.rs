@@ -28,7 +28,7 @@ use crate::record::{DigestKey, Record, RecordedLogin};
 use crate::render::{self, Login, SecretContent};
 
 use super::Error;
-use super::events::Events;
+use super::events::{Events, Reason};
 use super::spread;
 use super::state::StateStore;
 use super::writes::Writer;
@@ -569,6 +569,22 @@ impl Refresher {
                     if phase == Phase::Login {
                         if slot.failures > 0 {
                             tracing::info!(instance = %slot.instance.label(), after_failures = slot.failures, "credentials obtained again");
+                            if let Some(r) = cm_ref {
+                                let until = slot.token.as_ref().map_or(String::new(), |t| {
+                                    format!("; usable until {}", t.usable_until)
+                                });
+                                self.events
+                                    .record(
+                                        r,
+                                        Reason::Refreshed,
+                                        format!(
+                                            "credentials for {} obtained again after {} failed attempt(s){until}",
+                                            slot.instance.label(),
+                                            slot.failures
+                                        ),
+                                    )
+                                    .await;
+                            }
                         }
                         slot.failures = 0;
                         slot.retry_at = None;
@@ -593,9 +609,9 @@ impl Refresher {
                                 format!("the Secrets keep their current passwords, valid until {v}")
                             });
                         self.events
-                            .warn(
+                            .record(
                                 r,
-                                "CredentialsUnavailable",
+                                Reason::CredentialsUnavailable,
                                 format!("{e}; {until}; retrying"),
                             )
                             .await;
@@ -636,9 +652,9 @@ impl Refresher {
                         && let Some(r) = cm_ref
                     {
                         self.events
-                            .warn(
+                            .record(
                                 r,
-                                "StateUnavailable",
+                                Reason::StateUnavailable,
                                 format!("{e}; no pull Secret is written until it can be read"),
                             )
                             .await;

@@ -184,6 +184,8 @@ pub struct Sources {
     /// The pull Secret's name.
     pub secret_name: String,
     pub metrics: Arc<Metrics>,
+    /// The serving certificate, loaded here; readiness looks at it.
+    pub cert: Arc<ReloadingCert>,
 }
 
 /// Serves the webhook on this replica until `shutdown`: loads the certificate from the Secret
@@ -200,8 +202,8 @@ pub async fn serve(
         index,
         secret_name,
         metrics,
+        cert,
     } = sources;
-    let cert = Arc::new(ReloadingCert::default());
     let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
     let tls_watch = watcher(
         secrets,
@@ -238,8 +240,17 @@ pub async fn serve(
             own_namespace: Arc::from(namespace.as_str()),
             metrics,
         });
-    let result = super::server::serve(settings.addr, cert, router, settings.limits, shutdown).await;
+    let result = super::server::serve(
+        settings.addr,
+        cert.clone(),
+        router,
+        settings.limits,
+        shutdown,
+    )
+    .await;
     tls_task.abort();
+    // Not serving: not ready either.
+    cert.clear();
     result
 }
 

@@ -34,6 +34,14 @@ impl ReloadingCert {
         Ok(())
     }
 
+    /// Forgets the certificate (the server stopped).
+    pub fn clear(&self) {
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
     pub fn is_loaded(&self) -> bool {
         self.current
             .read()
