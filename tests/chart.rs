@@ -1003,15 +1003,75 @@ async fn a_cluster_with_an_acr_configuration_keeps_it_unchanged_and_is_served_fr
     let _ = controller.kill();
     let _ = controller.wait();
     support::leaks::file("controller", &dir.join("controller.log"));
-    // Removing the release (even without its hook) leaves the ConfigMap as it was.
+    // Removing the release without its hook (`helm uninstall --no-hooks`, like `kubectl delete
+    // -f deploy/`) removes what the chart rendered, the webhook registration included, and
+    // leaves the ConfigMap as it was; what the controller wrote (pull Secrets, references)
+    // stays until `cleanup` runs, which works with the replicas gone.
+    let webhook = format!("{release}-aliyun-acr-credential-helper");
+    let mwcs =
+        Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+            client.clone(),
+        );
+    assert!(
+        !support::is_absent(&mwcs, &webhook).await,
+        "the chart did not create the webhook registration"
+    );
     ok(
         helm(&["uninstall", &release, "-n", &release_ns.name, "--no-hooks"]),
         "helm uninstall",
+    );
+    assert!(
+        support::is_absent(&mwcs, &webhook).await,
+        "helm uninstall --no-hooks left the webhook registration"
     );
     let kept = cms
         .get("acr-configuration")
         .await
         .unwrap_or_else(|e| panic!("uninstall removed the ConfigMap: {e}"));
     assert_eq!(kept.data, before.data);
+    assert!(
+        !support::is_absent(&secrets, "aliyun-acr-credential-helper").await,
+        "without the hook, the pull Secret stays until cleanup"
+    );
+    let out = Command::new(BINARY)
+        .args([
+            "cleanup",
+            "--config-namespace",
+            &release_ns.name,
+            "--webhook-configuration",
+            &webhook,
+            "--unmark-when-done",
+            "--log-format",
+            "plain",
+        ])
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "cleanup after helm uninstall --no-hooks: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        support::is_absent(&secrets, "aliyun-acr-credential-helper").await,
+        "cleanup left the pull Secret"
+    );
+    let sa =
+        Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ws.name)
+            .get("default")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !sa.image_pull_secrets
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r.name == "aliyun-acr-credential-helper"),
+        "cleanup left the reference"
+    );
+    let kept = cms
+        .get("acr-configuration")
+        .await
+        .unwrap_or_else(|e| panic!("cleanup removed the ConfigMap: {e}"));
+    assert_eq!(kept.data, before.data, "cleanup changed the configuration");
     let _ = std::fs::remove_dir_all(&dir);
 }
