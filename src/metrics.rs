@@ -26,12 +26,14 @@ pub struct CloudCallLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabel {
-    pub instance: String,
+    /// Not `instance`: Prometheus sets that label on every scraped series (the target), and
+    /// would rename ours to `exported_instance`.
+    pub acr_instance: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceCategoryLabels {
-    pub instance: String,
+    pub acr_instance: String,
     pub category: String,
 }
 
@@ -264,6 +266,111 @@ mod tests {
                 env!("CARGO_PKG_VERSION")
             )),
             "{text}"
+        );
+    }
+
+    /// Every `acr_helper_` name in `text` (a PromQL expression, a dashboard).
+    fn names_in(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("acr_helper_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            out.push(tail[..end].to_owned());
+            rest = &tail[end..];
+        }
+        out
+    }
+
+    /// The labels every `by (...)` in `text` groups by.
+    fn grouped_by(text: &str) -> Vec<String> {
+        text.split("by (")
+            .skip(1)
+            .filter_map(|t| t.split(')').next())
+            .flat_map(|l| l.split(',').map(|x| x.trim().to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_charts_alerts_and_dashboard_name_only_what_is_exported() {
+        let m = Metrics::new();
+        // One sample of every labelled family, so its label names show.
+        m.reconciles
+            .get_or_create(&ResultLabel {
+                result: "ok".into(),
+            })
+            .inc();
+        m.reconcile_errors
+            .get_or_create(&CategoryLabel {
+                category: "kube_api".into(),
+            })
+            .inc();
+        m.cloud_call("GetAuthorizationToken", "ok");
+        m.token_expiry
+            .get_or_create(&InstanceLabel {
+                acr_instance: "cri-x".into(),
+            })
+            .set(1);
+        m.credential_errors
+            .get_or_create(&InstanceCategoryLabels {
+                acr_instance: "cri-x".into(),
+                category: "cloud_auth".into(),
+            })
+            .inc();
+        m.write("secret_create");
+        m.webhook_requests
+            .get_or_create(&WebhookLabels {
+                webhook: "pods".into(),
+                result: "patched".into(),
+            })
+            .inc();
+        m.webhook_duration
+            .get_or_create(&WebhookLabel {
+                webhook: "pods".into(),
+            })
+            .observe(0.01);
+        let text = m.encode();
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        let sources = [
+            (
+                "prometheusrule.yaml",
+                include_str!(
+                    "../charts/aliyun-acr-credential-helper/templates/prometheusrule.yaml"
+                ),
+            ),
+            (
+                "dashboard.json",
+                include_str!("../charts/aliyun-acr-credential-helper/dashboard.json"),
+            ),
+        ];
+        for (file, source) in sources {
+            let names = names_in(source);
+            assert!(!names.is_empty(), "{file} names no metric");
+            for name in names {
+                assert!(
+                    samples.iter().any(|l| {
+                        l.strip_prefix(name.as_str())
+                            .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+                    }),
+                    "{file} names {name}, which /metrics does not export"
+                );
+            }
+            for label in grouped_by(source) {
+                assert!(
+                    samples.iter().any(|l| l.contains(&format!("{{{label}=\""))
+                        || l.contains(&format!(",{label}=\""))),
+                    "{file} groups by {label}, which no exported series has"
+                );
+            }
+        }
+        let dashboard: serde_json::Value =
+            serde_json::from_str(sources[1].1).unwrap_or_else(|e| panic!("dashboard.json: {e}"));
+        assert!(
+            dashboard["panels"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty())
         );
     }
 }

@@ -847,7 +847,7 @@ async fn a_cloud_failure_keeps_the_valid_secret_and_recovers() {
         "the failure in a metric",
         || async {
             c.metrics().await.contains(
-                "acr_helper_credential_errors_total{instance=\"cri-fakeinstance0001\",category=\"cloud_unavailable\"}",
+                "acr_helper_credential_errors_total{acr_instance=\"cri-fakeinstance0001\",category=\"cloud_unavailable\"}",
             )
         },
     )
@@ -959,7 +959,7 @@ async fn expiry_metrics_follow_the_configured_instances() {
     let ns = TestNamespace::create(&h.client, "expmetric-ws").await;
     let c = h.start(&["--token-mode", "workerRole"]);
     let series =
-        |id: &str| format!("acr_helper_token_expiry_timestamp_seconds{{instance=\"{id}\"}}");
+        |id: &str| format!("acr_helper_token_expiry_timestamp_seconds{{acr_instance=\"{id}\"}}");
     let two =
         format!("{ENTERPRISE}- instanceId: {OTHER_INSTANCE_ID}\n  regionId: {OTHER_REGION}\n");
     h.apply_config(&[

@@ -440,7 +440,7 @@ async fn an_empty_instance_list_or_an_instance_without_domains_never_empties_a_s
     ])
     .await;
     wait_until(Duration::from_secs(20), "the failure in a metric and an Event", || async {
-        c.metrics().await.contains(r#"acr_helper_credential_errors_total{instance="cri-noendpoint00",category="no_domains"}"#)
+        c.metrics().await.contains(r#"acr_helper_credential_errors_total{acr_instance="cri-noendpoint00",category="no_domains"}"#)
             && h.config_warnings().await.iter().any(|n| n.contains("no enabled endpoint"))
     })
     .await;

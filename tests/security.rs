@@ -241,7 +241,8 @@ async fn a_tenant_cannot_plant_a_password_in_other_namespaces_even_across_a_lead
             "{ns}: expiry {expires} is not the cloud's"
         );
     }
-    let series = format!("acr_helper_token_expiry_timestamp_seconds{{instance=\"{INSTANCE_ID}\"}}");
+    let series =
+        format!("acr_helper_token_expiry_timestamp_seconds{{acr_instance=\"{INSTANCE_ID}\"}}");
     let expiry = second
         .metric(&series)
         .await

@@ -460,7 +460,7 @@ impl Refresher {
         self.metrics
             .credential_errors
             .get_or_create(&InstanceCategoryLabels {
-                instance: slot.instance.label(),
+                acr_instance: slot.instance.label(),
                 category: e.category().to_owned(),
             })
             .inc();
@@ -473,7 +473,7 @@ impl Refresher {
                 self.metrics
                     .token_expiry
                     .get_or_create(&InstanceLabel {
-                        instance: s.instance.label(),
+                        acr_instance: s.instance.label(),
                     })
                     .set(t.usable_until.as_second());
             }
@@ -706,7 +706,7 @@ impl Refresher {
                             .any(|n| n.instance.label() == g.instance.label())
                     }) {
                         self.metrics.token_expiry.remove(&InstanceLabel {
-                            instance: g.instance.label(),
+                            acr_instance: g.instance.label(),
                         });
                     }
                     slots = next;
