@@ -318,20 +318,30 @@ fn base64_encode(s: &str) -> String {
 /// The annotation Helm puts on every object of a release.
 const HELM_RELEASE_ANNOTATION: &str = "meta.helm.sh/release-name";
 
-/// Takes the webhooks out of service (uninstall, `cleanup`): a registration of a Helm release is
-/// emptied (Helm deletes it with the release, and it is there again should the controller
-/// resume), any other is deleted. Returns whether there was one.
+/// Whether the chart made this registration: a Helm release's (Helm's annotation), or the chart
+/// rendered for `kubectl apply` (`deploy/`: `helm template` sets the chart's `managed-by: Helm`
+/// label but no annotation). Such a registration is the installer's to delete, and the
+/// controller may not (its RBAC has no `delete` for it).
+fn chart_made(meta: &ObjectMeta) -> bool {
+    meta.annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(HELM_RELEASE_ANNOTATION))
+        || meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(MANAGED_BY_LABEL))
+            .is_some_and(|v| v == "Helm")
+}
+
+/// Takes the webhooks out of service (uninstall, `cleanup`): a registration the chart made is
+/// emptied (Helm or `kubectl delete -f deploy/` deletes it, and it is there again should the
+/// controller resume), any other is deleted. Returns whether there was one.
 pub async fn remove(writer: &Writer, name: &str) -> Result<bool, RegisterError> {
     let api = Api::<MutatingWebhookConfiguration>::all(writer.client().clone());
     let Some(current) = api.get_opt(name).await? else {
         return Ok(false);
     };
-    let helm_owned = current
-        .metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(HELM_RELEASE_ANNOTATION));
-    let written = if helm_owned {
+    let written = if chart_made(&current.metadata) {
         let empty = serde_json::json!({"webhooks": null});
         writer
             .write(api.patch(name, &Writer::patch_params(), &Patch::Merge(&empty)))
@@ -352,6 +362,38 @@ pub async fn remove(writer: &Writer, name: &str) -> Result<bool, RegisterError> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_registration_the_chart_rendered_is_emptied_not_deleted() {
+        let meta = |labels: &[(&str, &str)], annotations: &[(&str, &str)]| ObjectMeta {
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        // helm install / upgrade
+        assert!(chart_made(&meta(
+            &[(MANAGED_BY_LABEL, "Helm")],
+            &[(HELM_RELEASE_ANNOTATION, "r")]
+        )));
+        // deploy/ (helm template, then kubectl apply)
+        assert!(chart_made(&meta(&[(MANAGED_BY_LABEL, "Helm")], &[])));
+        // made by the controller itself
+        assert!(!chart_made(&meta(
+            &[(MANAGED_BY_LABEL, MANAGED_BY_VALUE)],
+            &[]
+        )));
+        assert!(!chart_made(&ObjectMeta::default()));
+    }
+
     use super::*;
 
     #[test]
