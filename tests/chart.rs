@@ -89,6 +89,58 @@ fn the_rendered_config_map_passes_check_config() {
     }
 }
 
+#[test]
+fn a_command_run_in_the_controllers_container_acts_on_the_release_it_belongs_to() {
+    // `kubectl exec deploy/... -- status` (or plan, cleanup) takes no flags: the container's
+    // variables must name what the controller's own flags name, for any release and values.
+    for set in [
+        &[][..],
+        &[
+            "pullSecretName=team-pull",
+            "leaderElection.leaseDuration=30s",
+            "leaderElection.leaseGrace=7s",
+        ][..],
+    ] {
+        let d = render("templates/deployment.yaml", set);
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no args"))
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        let env: std::collections::BTreeMap<&str, &str> = c["env"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no env"))
+            .iter()
+            .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
+            .collect();
+        for flag in [
+            "config-namespace",
+            "secret-name",
+            "webhook-configuration",
+            "webhook-tls-secret",
+            "last-config-secret",
+            "state-secret",
+            "lease-name",
+            "lease-duration",
+            "lease-grace",
+        ] {
+            let prefix = format!("--{flag}=");
+            let arg = args
+                .iter()
+                .find_map(|a| a.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("{set:?}: the controller has no --{flag}"));
+            let var = format!("ACR_HELPER_{}", flag.to_uppercase().replace('-', "_"));
+            assert_eq!(
+                env.get(var.as_str()).copied(),
+                Some(arg),
+                "{set:?}: {var} differs from --{flag}"
+            );
+        }
+    }
+}
+
 /// Creates the rendered `template` with `--dry-run=server` on the real API server: it must take
 /// the object as rendered. (Rendered into a namespace of its own: the install test's release in
 /// kube-system has objects of the same names.)

@@ -71,6 +71,30 @@ topologySpreadConstraints:
 
 {{/* The names of everything the controller reads and writes, as flags: the RBAC rules grant
      exactly these names, so the controller and cleanup are given them explicitly. */}}
+{{/* The same names as variables, in the controller's container: a command run there with
+     `kubectl exec` (status, plan, cleanup) acts on this release's objects without flags. The
+     controller itself takes the flags, which win over the variables. */}}
+{{- define "acr-helper.nameEnv" -}}
+- name: ACR_HELPER_CONFIG_NAMESPACE
+  value: {{ .Release.Namespace | quote }}
+- name: ACR_HELPER_SECRET_NAME
+  value: {{ .Values.pullSecretName | quote }}
+- name: ACR_HELPER_WEBHOOK_CONFIGURATION
+  value: {{ include "acr-helper.fullname" . | quote }}
+- name: ACR_HELPER_WEBHOOK_TLS_SECRET
+  value: {{ printf "%s-webhook-tls" (include "acr-helper.name" .) | quote }}
+- name: ACR_HELPER_LAST_CONFIG_SECRET
+  value: {{ printf "%s-last-config" (include "acr-helper.name" .) | quote }}
+- name: ACR_HELPER_STATE_SECRET
+  value: {{ printf "%s-state" (include "acr-helper.name" .) | quote }}
+- name: ACR_HELPER_LEASE_NAME
+  value: {{ include "acr-helper.name" . | quote }}
+- name: ACR_HELPER_LEASE_DURATION
+  value: {{ .Values.leaderElection.leaseDuration | quote }}
+- name: ACR_HELPER_LEASE_GRACE
+  value: {{ .Values.leaderElection.leaseGrace | quote }}
+{{- end -}}
+
 {{- define "acr-helper.nameArgs" -}}
 - --secret-name={{ .Values.pullSecretName }}
 - --webhook-configuration={{ include "acr-helper.fullname" . }}
