@@ -257,7 +257,6 @@ async fn run(args: Args) -> Result<(), AppError> {
         base,
         Sts::new(http.clone(), endpoints.sts.clone()),
         args.cloud.oidc_token_file.clone(),
-        config::DEFAULT_THRESHOLD,
     ));
     let registry = Arc::new(Registry::new(
         chain,

@@ -430,7 +430,9 @@ pub struct CloudArgs {
     #[arg(long, global = true, env = "ACR_HELPER_CLOUD_REQUEST_TIMEOUT", default_value = "10s", value_parser = crate::duration::parse_duration)]
     pub cloud_request_timeout: Duration,
 
-    /// Attempts per cloud call, the first included; retries back off exponentially with jitter.
+    /// Attempts per cloud call when the connection fails or times out, the first included; retries
+    /// back off exponentially with jitter. A cloud answer (an error or throttling too) is not
+    /// retried within the call: the refresher schedules the next one.
     #[arg(long, global = true, env = "ACR_HELPER_CLOUD_MAX_ATTEMPTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub cloud_max_attempts: u32,
 }

@@ -27,5 +27,6 @@ pub mod render;
 pub mod server;
 pub mod status;
 pub mod telemetry;
+pub mod timing;
 pub mod watches;
 pub mod webhook;

@@ -24,6 +24,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use support::fake_cloud::*;
 
+/// The `expiring-threshold` the chain's cached credentials are refreshed under.
+const THRESHOLD: Duration = Duration::from_secs(15 * 60);
+
 fn http() -> Http {
     acr_helper::aliyun::http::install_crypto_provider();
     Http::new(&HttpOptions {
@@ -72,7 +75,6 @@ fn worker_chain(fake: &FakeCloud) -> Arc<Chain> {
         BaseIdentity::WorkerRole(Metadata::new(http(), fake.url(), false)),
         Sts::new(http(), fake.url()),
         "/nonexistent/token".into(),
-        Duration::from_secs(15 * 60),
     ))
 }
 
@@ -176,12 +178,15 @@ async fn registry_password_expires_no_later_than_the_sts_credential() {
         ..Default::default()
     };
     let t = registry
-        .token(&enterprise(auth))
+        .fetch_token(&enterprise(auth), THRESHOLD)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let left = t.usable_until.duration_since(Timestamp::now()).as_secs();
     assert!(left <= 1000, "{left}");
-    assert!(t.refresh_at < t.usable_until);
+    assert!(
+        t.token.expires_at > t.usable_until,
+        "the STS credential, not the token, bounds the login"
+    );
 }
 
 #[tokio::test]
@@ -285,7 +290,6 @@ async fn rrsa_with_a_real_service_account_token_from_the_api_server() {
         BaseIdentity::WorkerRole(Metadata::new(http(), fake.url(), false)),
         Sts::new(http(), fake.url()),
         token_file.clone(),
-        Duration::from_secs(60),
     ));
     let auth = InstanceAuth {
         rrsa: Some(RrsaRole {
@@ -295,7 +299,7 @@ async fn rrsa_with_a_real_service_account_token_from_the_api_server() {
         ..Default::default()
     };
     let c = chain
-        .credential(&auth)
+        .credential(&auth, THRESHOLD)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(c.access_key_id.starts_with("STS."));
@@ -315,7 +319,7 @@ async fn rrsa_with_a_real_service_account_token_from_the_api_server() {
         ..auth.clone()
     };
     chain
-        .credential(&chained)
+        .credential(&chained, THRESHOLD)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(fake.calls("AssumeRole").await, 1);
@@ -369,11 +373,10 @@ async fn managed_role_from_the_addon_token_secret_follows_its_rotation() {
         },
         Sts::new(http(), fake.url()),
         "/nonexistent".into(),
-        Duration::from_secs(15 * 60),
     );
     let base = InstanceAuth::default();
     let c = chain
-        .credential(&base)
+        .credential(&base, THRESHOLD)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
@@ -397,7 +400,7 @@ async fn managed_role_from_the_addon_token_secret_follows_its_rotation() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let c = chain
-        .credential(&base)
+        .credential(&base, THRESHOLD)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
@@ -422,7 +425,7 @@ async fn managed_role_from_the_addon_token_secret_follows_its_rotation() {
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let err = chain.credential(&base).await.err();
+    let err = chain.credential(&base, THRESHOLD).await.err();
     assert_eq!(
         err.as_ref().and_then(CredentialError::code),
         Some("EntityNotExist.Role")
@@ -430,74 +433,84 @@ async fn managed_role_from_the_addon_token_secret_follows_its_rotation() {
 }
 
 #[tokio::test]
-async fn two_hundred_concurrent_requests_cause_one_token_call() {
+async fn two_hundred_concurrent_requests_share_one_credential_fetch() {
+    // Many instances under one identity are refreshed at once: their credential calls overlap,
+    // and the chain's single-flight cache makes them one STS and one metadata call.
     let fake = FakeCloud::start(&default_config());
     // A slow answer makes sure the requests really overlap.
-    fake.fault(
-        "GetAuthorizationToken",
-        json!({"kind": "slow", "delay_seconds": 0.5}),
-    )
-    .await;
     fake.fault("AssumeRole", json!({"kind": "slow", "delay_seconds": 0.5}))
         .await;
-    let registry = Arc::new(Registry::new(
-        worker_chain(&fake),
-        Cr::new(http(), fake.cr_template()),
-    ));
-    let inst = enterprise(InstanceAuth {
+    let chain = worker_chain(&fake);
+    let auth = InstanceAuth {
         assume_role: Some(AssumedRole {
             role_arn: ROLE_ARN.to_owned(),
             duration_seconds: 3600,
         }),
         ..Default::default()
-    });
+    };
     let tasks: Vec<_> = (0..200)
         .map(|_| {
-            let registry = registry.clone();
-            let inst = inst.clone();
-            tokio::spawn(async move { registry.token(&inst).await })
+            let chain = chain.clone();
+            let auth = auth.clone();
+            tokio::spawn(async move { chain.credential(&auth, THRESHOLD).await })
         })
         .collect();
-    let mut passwords = std::collections::BTreeSet::new();
+    let mut keys = std::collections::BTreeSet::new();
     for t in tasks {
-        let token = t
+        let c = t
             .await
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|e| panic!("{e}"));
-        passwords.insert(token.token.password.expose_secret().to_owned());
+        keys.insert(c.access_key_id);
     }
-    assert_eq!(passwords.len(), 1, "every caller shares one token");
-    assert_eq!(fake.calls("GetAuthorizationToken").await, 1);
+    assert_eq!(keys.len(), 1, "every caller shares one credential");
     assert_eq!(fake.calls("AssumeRole").await, 1);
     assert_eq!(fake.calls("MetadataCredentials").await, 1);
 }
 
 #[tokio::test]
-async fn server_errors_throttling_and_timeouts_are_retried() {
+async fn only_transport_failures_are_retried_within_a_call() {
     let fake = FakeCloud::start(&default_config());
     let cr = Cr::new(http(), fake.cr_template());
 
+    // The cloud answered: the error comes back at once, for the caller to schedule a retry.
     fake.fault(
         "GetAuthorizationToken",
         json!({"kind": "http500", "count": 1}),
     )
     .await;
-    cr.enterprise_token(&user_key(), INSTANCE_REGION, INSTANCE_ID)
+    let err = cr
+        .enterprise_token(&user_key(), INSTANCE_REGION, INSTANCE_ID)
         .await
-        .unwrap_or_else(|e| panic!("a 500 then success must succeed: {e}"));
-    assert_eq!(fake.calls("GetAuthorizationToken").await, 2);
+        .err();
+    assert_eq!(
+        err.as_ref().and_then(CloudError::code),
+        Some("InternalError")
+    );
+    assert_eq!(
+        err.as_ref().map(CloudError::category),
+        Some("cloud_unavailable")
+    );
+    assert_eq!(fake.calls("GetAuthorizationToken").await, 1);
 
     fake.fault(
         "GetAuthorizationToken",
-        json!({"kind": "throttling", "count": 2}),
+        json!({"kind": "throttling", "count": 1}),
     )
     .await;
+    let err = cr
+        .enterprise_token(&user_key(), INSTANCE_REGION, INSTANCE_ID)
+        .await
+        .err();
+    assert_eq!(err.as_ref().and_then(CloudError::code), Some("Throttling"));
+    assert_eq!(fake.calls("GetAuthorizationToken").await, 2);
     cr.enterprise_token(&user_key(), INSTANCE_REGION, INSTANCE_ID)
         .await
-        .unwrap_or_else(|e| panic!("throttling then success must succeed: {e}"));
-    assert_eq!(fake.calls("GetAuthorizationToken").await, 5);
+        .unwrap_or_else(|e| panic!("the next call succeeds: {e}"));
+    assert_eq!(fake.calls("GetAuthorizationToken").await, 3);
 
-    // The test client gives up after 2 s; the fault answers after 4 s.
+    // No answer: tried again within the call. The test client gives up after 2 s; the fault
+    // answers after 4 s.
     fake.fault(
         "GetAuthorizationToken",
         json!({"kind": "timeout", "count": 1, "delay_seconds": 4}),
@@ -506,23 +519,24 @@ async fn server_errors_throttling_and_timeouts_are_retried() {
     cr.enterprise_token(&user_key(), INSTANCE_REGION, INSTANCE_ID)
         .await
         .unwrap_or_else(|e| panic!("a timeout then success must succeed: {e}"));
-    assert_eq!(fake.calls("GetAuthorizationToken").await, 7);
+    assert_eq!(fake.calls("GetAuthorizationToken").await, 5);
 
-    // Persistent failure: every attempt is used, then the error surfaces.
-    fake.fault(
-        "ListInstanceEndpoint",
-        json!({"kind": "http500", "count": -1}),
-    )
-    .await;
-    let err = cr
-        .list_instance_endpoints(&user_key(), INSTANCE_REGION, INSTANCE_ID)
+    // Nobody listening: every attempt of the budget is used, then the error surfaces.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let port = closed
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(closed);
+    let nowhere = Cr::new(http(), format!("http://127.0.0.1:{port}/{{region}}"));
+    let err = nowhere
+        .enterprise_token(&user_key(), INSTANCE_REGION, INSTANCE_ID)
         .await
         .err();
-    assert_eq!(
-        err.as_ref().and_then(CloudError::code),
-        Some("InternalError")
+    assert!(
+        matches!(err, Some(CloudError::Unreachable { .. })),
+        "{err:?}"
     );
-    assert_eq!(fake.calls("ListInstanceEndpoint").await, 4);
 }
 
 #[tokio::test]
@@ -762,7 +776,7 @@ async fn custom_access_key_needs_no_base_identity_and_chains_assume_role() {
     let fake = FakeCloud::start(&default_config());
     let registry = Registry::new(worker_chain(&fake), Cr::new(http(), fake.cr_template()));
     let t = registry
-        .token(&enterprise(custom_auth()))
+        .fetch_token(&enterprise(custom_auth()), THRESHOLD)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_login_valid(&fake, &t.token.username, &t.token.password).await;
@@ -778,7 +792,7 @@ async fn custom_access_key_needs_no_base_identity_and_chains_assume_role() {
     };
     let c = registry
         .chain()
-        .credential(&chained)
+        .credential(&chained, THRESHOLD)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(c.security_token.is_some());

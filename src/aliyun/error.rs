@@ -52,7 +52,17 @@ impl CloudError {
         }
     }
 
-    /// Whether trying again may help: server errors, throttling and timeouts. Authentication and
+    /// Whether the cloud may never have answered (the connection failed or timed out): the only
+    /// failures the HTTP client tries again within one call. Everything the cloud answered goes
+    /// back to the caller, and [`crate::timing`] schedules the next attempt.
+    pub fn is_transport(&self) -> bool {
+        matches!(
+            self,
+            CloudError::Timeout { .. } | CloudError::Unreachable { .. }
+        )
+    }
+
+    /// Whether trying again later may help: server errors, throttling and timeouts. Authentication and
     /// permission errors are final.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -201,7 +211,9 @@ mod tests {
             api: "GetAuthorizationToken",
             endpoint: "http://127.0.0.1:1".to_owned(),
         };
-        assert!(timeout.is_retryable());
+        assert!(timeout.is_retryable() && timeout.is_transport());
+        assert!(!svc(500, "InternalError").is_transport());
+        assert!(!svc(400, "Throttling").is_transport());
         assert_eq!(timeout.category(), "cloud_unreachable");
         let invalid = CloudError::InvalidResponse {
             api: "AssumeRole",

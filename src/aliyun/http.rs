@@ -1,6 +1,8 @@
 //! The HTTP layer shared by the cloud clients: connect and read timeouts, retries with exponential
-//! backoff and full jitter on server errors, throttling and timeouts (never on authentication or
-//! permission errors), and decoding of Alibaba Cloud error documents.
+//! backoff and full jitter of transport failures only (a connection that failed or timed out,
+//! within one call's attempt budget), and decoding of Alibaba Cloud error documents. A server
+//! error or throttling answer is returned at once: when to call again is [`crate::timing`]'s
+//! decision, not this layer's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,7 +145,7 @@ impl Http {
         &self.client
     }
 
-    /// Sends the request `build` makes, retrying as the policy says. `build` is called for every
+    /// Sends the request `build` makes, retrying transport failures as the policy says. `build` is called for every
     /// attempt, so each is signed afresh (a new nonce and timestamp).
     pub(crate) async fn send<F>(&self, api: ApiName, mut build: F) -> Result<Reply, CloudError>
     where
@@ -160,7 +162,7 @@ impl Http {
                 );
             }
             match result {
-                Err(e) if e.is_retryable() && attempt < self.retry.max_attempts => {
+                Err(e) if e.is_transport() && attempt < self.retry.max_attempts => {
                     let delay = self.retry.backoff(attempt);
                     tracing::warn!(
                         api,

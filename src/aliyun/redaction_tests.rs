@@ -377,7 +377,6 @@ fn instance_configuration_and_tokens_in_use_hide_their_secrets() {
     let usable = UsableToken {
         token: registry_token("s3cr3t-UsableToken"),
         usable_until: ts("2026-11-22T12:00:00Z"),
-        refresh_at: ts("2026-11-22T11:00:00Z"),
     };
     assert_hidden(&usable, &["s3cr3t-UsableToken"]);
 }
@@ -397,7 +396,6 @@ async fn caches_hide_what_they_hold() {
     let usable = UsableToken {
         token: registry_token("s3cr3t-Cache-password"),
         usable_until: ts("2099-01-01T00:00:00Z"),
-        refresh_at: ts("2099-01-01T00:00:00Z"),
     };
     let got = cache
         .get(&inst, || async { Ok((usable, ts("2099-01-01T00:00:00Z"))) })
@@ -426,7 +424,6 @@ async fn the_credential_chain_and_registry_hide_keys_and_their_fingerprints() {
         BaseIdentity::WorkerRole(Metadata::new(http.clone(), nowhere.clone(), true)),
         Sts::new(http.clone(), nowhere),
         PathBuf::from("/nonexistent/token"),
-        Duration::from_secs(600),
     );
     let auth = InstanceAuth {
         custom_access_key: Some(access_key("s3cr3t-Chain")),
@@ -436,7 +433,12 @@ async fn the_credential_chain_and_registry_hide_keys_and_their_fingerprints() {
             duration_seconds: 3600,
         }),
     };
-    assert!(chain.credential(&auth).await.is_err());
+    assert!(
+        chain
+            .credential(&auth, Duration::from_secs(600))
+            .await
+            .is_err()
+    );
     let mut h = DefaultHasher::new();
     "s3cr3t-Chain".hash(&mut h);
     let fingerprint = h.finish().to_string();
@@ -449,7 +451,12 @@ async fn the_credential_chain_and_registry_hide_keys_and_their_fingerprints() {
         region: "cn-hangzhou".into(),
         auth,
     };
-    assert!(registry.token(&inst).await.is_err());
+    assert!(
+        registry
+            .fetch_token(&inst, Duration::from_secs(600))
+            .await
+            .is_err()
+    );
     let text = assert_hidden(&registry, &["s3cr3t-Chain", &fingerprint]);
     assert!(
         text.contains("Custom") && text.contains("LTAI5tRedaction"),

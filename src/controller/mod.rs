@@ -45,10 +45,11 @@ use crate::leader::Leadership;
 use crate::metrics::{CategoryLabel, Metrics, ResultLabel};
 use crate::plan::{Desired, NamespacePlan, SecretStep, plan_namespace};
 use crate::render::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::timing::retry_delay;
 use events::{Events, Reason};
 use queue::WorkQueue;
 use refresher::Content;
-use refresher::{Refresher, retry_delay};
+use refresher::Refresher;
 use writes::Writer;
 
 #[derive(Debug, thiserror::Error)]

@@ -11,10 +11,10 @@ pub mod cache;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -23,7 +23,9 @@ use crate::aliyun::cr::{Cr, RegistryToken};
 use crate::aliyun::metadata::Metadata;
 use crate::aliyun::sts::{AssumeRole, AssumeRoleWithOidc, Sts};
 use crate::aliyun::{CloudError, Credential};
-use cache::{Cache, refresh_point};
+use cache::Cache;
+
+use crate::timing::credential_refresh_at;
 
 /// `--token-mode`: how the cluster's own identity is obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -203,57 +205,28 @@ pub struct Chain {
     sts: Sts,
     oidc_token_file: PathBuf,
     session_name: String,
-    threshold: RwLock<Duration>,
     creds: Cache<CredKey, Credential, CredentialError>,
 }
 
 impl Chain {
-    pub fn new(
-        base: BaseIdentity,
-        sts: Sts,
-        oidc_token_file: PathBuf,
-        threshold: Duration,
-    ) -> Chain {
+    pub fn new(base: BaseIdentity, sts: Sts, oidc_token_file: PathBuf) -> Chain {
         Chain {
             base,
             sts,
             oidc_token_file,
             session_name: "aliyun-acr-credential-helper".to_owned(),
-            threshold: RwLock::new(threshold),
             creds: Cache::default(),
         }
     }
 
-    /// Changes how long before expiry credentials are refreshed (`expiring-threshold`).
-    pub fn set_threshold(&self, threshold: Duration) {
-        *self
-            .threshold
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = threshold;
-    }
-
-    pub fn threshold(&self) -> Duration {
-        *self
-            .threshold
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn refresh_at(&self, c: &Credential, cap: Option<Duration>) -> Timestamp {
-        let now = Timestamp::now();
-        let by_expiry = match c.expiration {
-            Some(exp) => refresh_point(now, exp, self.threshold()),
-            None => Timestamp::MAX,
-        };
-        match cap.and_then(|d| SignedDuration::try_from(d).ok()) {
-            Some(d) => by_expiry.min(now.checked_add(d).unwrap_or(Timestamp::MAX)),
-            None => by_expiry,
-        }
-    }
-
-    /// The credentials to call Container Registry with for an instance.
-    pub async fn credential(&self, auth: &InstanceAuth) -> Result<Credential, CredentialError> {
-        let (key, source) = self.source(auth).await?;
+    /// The credentials to call Container Registry with for an instance; a cached one is used
+    /// until `threshold` before it expires (see [`crate::timing`]).
+    pub async fn credential(
+        &self,
+        auth: &InstanceAuth,
+        threshold: Duration,
+    ) -> Result<Credential, CredentialError> {
+        let (key, source) = self.source(auth, threshold).await?;
         let Some(role) = &auth.assume_role else {
             return Ok(source);
         };
@@ -272,14 +245,18 @@ impl Chain {
                     )
                     .await?;
                 tracing::info!(role = %role.role_arn, expires = ?c.expiration, "assumed role");
-                let at = self.refresh_at(&c, None);
+                let at = credential_refresh_at(Timestamp::now(), c.expiration, threshold, None);
                 Ok((c, at))
             })
             .await
     }
 
     /// The instance's identity before any AssumeRole.
-    async fn source(&self, auth: &InstanceAuth) -> Result<(CredKey, Credential), CredentialError> {
+    async fn source(
+        &self,
+        auth: &InstanceAuth,
+        threshold: Duration,
+    ) -> Result<(CredKey, Credential), CredentialError> {
         if let Some(ak) = &auth.custom_access_key {
             let mut h = DefaultHasher::new();
             ak.secret.expose_secret().hash(&mut h);
@@ -312,7 +289,7 @@ impl Chain {
                         })
                         .await?;
                     tracing::info!(role = %rrsa.role_arn, expires = ?c.expiration, "assumed RRSA role");
-                    let at = self.refresh_at(&c, None);
+                    let at = credential_refresh_at(Timestamp::now(), c.expiration, threshold, None);
                     Ok((c, at))
                 })
                 .await?;
@@ -321,8 +298,8 @@ impl Chain {
         let c = self
             .creds
             .get(&CredKey::Base, || async {
-                let (c, cap) = self.fetch_base().await?;
-                let at = self.refresh_at(&c, cap);
+                let (c, reread) = self.fetch_base().await?;
+                let at = credential_refresh_at(Timestamp::now(), c.expiration, threshold, reread);
                 Ok((c, at))
             })
             .await?;
@@ -419,7 +396,6 @@ pub struct InstanceRef {
 pub struct UsableToken {
     pub token: RegistryToken,
     pub usable_until: Timestamp,
-    pub refresh_at: Timestamp,
 }
 
 /// Registry tokens per instance, over a shared [`Chain`].
@@ -427,38 +403,26 @@ pub struct UsableToken {
 pub struct Registry {
     chain: Arc<Chain>,
     cr: Cr,
-    tokens: Cache<InstanceRef, UsableToken, CredentialError>,
 }
 
 impl Registry {
     pub fn new(chain: Arc<Chain>, cr: Cr) -> Registry {
-        Registry {
-            chain,
-            cr,
-            tokens: Cache::default(),
-        }
+        Registry { chain, cr }
     }
 
     pub fn chain(&self) -> &Arc<Chain> {
         &self.chain
     }
 
-    /// The instance's current registry login, fetched only when the cached one is due for
-    /// refresh.
-    pub async fn token(&self, inst: &InstanceRef) -> Result<UsableToken, CredentialError> {
-        self.tokens
-            .get(inst, || async {
-                let t = self.fetch_token(inst).await?;
-                let refresh_at = t.refresh_at;
-                Ok((t, refresh_at))
-            })
-            .await
-    }
-
-    /// A new registry login for the instance, whatever is cached (the credentials behind it
-    /// still come from the chain's caches).
-    pub async fn fetch_token(&self, inst: &InstanceRef) -> Result<UsableToken, CredentialError> {
-        let cred = self.chain.credential(&inst.auth).await?;
+    /// A new registry login for the instance (the credentials behind it come from the chain's
+    /// caches, refreshed under `threshold`). Tokens are not cached here: the refresher holds
+    /// each instance's login and [`crate::timing`] says when it is fetched again.
+    pub async fn fetch_token(
+        &self,
+        inst: &InstanceRef,
+        threshold: Duration,
+    ) -> Result<UsableToken, CredentialError> {
+        let cred = self.chain.credential(&inst.auth, threshold).await?;
         let token = match &inst.edition {
             Edition::Enterprise { instance_id } => {
                 self.cr
@@ -471,12 +435,10 @@ impl Registry {
             Some(c) => token.expires_at.min(c),
             None => token.expires_at,
         };
-        let refresh_at = refresh_point(Timestamp::now(), usable_until, self.chain.threshold());
         tracing::info!(instance = ?inst.edition, region = %inst.region, %usable_until, "obtained registry token");
         Ok(UsableToken {
             token,
             usable_until,
-            refresh_at,
         })
     }
 
@@ -486,8 +448,9 @@ impl Registry {
         auth: &InstanceAuth,
         region: &str,
         instance_id: &str,
+        threshold: Duration,
     ) -> Result<Vec<String>, CredentialError> {
-        let cred = self.chain.credential(auth).await?;
+        let cred = self.chain.credential(auth, threshold).await?;
         let eps = self
             .cr
             .list_instance_endpoints(&cred, region, instance_id)
