@@ -304,7 +304,7 @@ mod tests {
             .inc();
         m.reconcile_errors
             .get_or_create(&CategoryLabel {
-                category: "kube_api".into(),
+                category: "kube_forbidden".into(),
             })
             .inc();
         m.cloud_call("GetAuthorizationToken", "ok");

@@ -54,12 +54,15 @@ use writes::Writer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{action} {kind} {object}: {detail}")]
+    /// An API call failed. The `kube::Error` itself is not kept: about a Secret its message
+    /// could quote the data an admission webhook rejected; its category and status are.
+    #[error("{action} {kind} {object}: {detail} ({category})")]
     Kube {
         action: &'static str,
         kind: &'static str,
         object: String,
         detail: String,
+        category: crate::kube_errors::Category,
     },
     #[error(
         "Secret {object} exists and is not managed by aliyun-acr-credential-helper; it is left alone and no ServiceAccount there is patched"
@@ -88,7 +91,14 @@ impl Error {
     /// A stable category for metrics and Event reasons.
     pub fn category(&self) -> &'static str {
         match self {
-            Error::Kube { .. } | Error::Lease(_) | Error::Registration(_) => "kube_api",
+            Error::Kube { category, .. } => category.label(),
+            Error::Lease(crate::leader::LeaseError::Kube { source, .. }) => {
+                crate::kube_errors::Category::of(source).label()
+            }
+            Error::Lease(crate::leader::LeaseError::Timeout { .. }) => {
+                crate::kube_errors::Category::Unavailable.label()
+            }
+            Error::Registration(_) => "webhook_registration",
             Error::Internal(_) => "internal",
             Error::ForeignSecret { .. } => "foreign_secret",
             Error::Conflicts { .. } => "conflict",
@@ -116,6 +126,7 @@ pub fn kube_error(
         kind,
         object: object.to_owned(),
         detail,
+        category: crate::kube_errors::Category::of(e),
     }
 }
 
