@@ -79,6 +79,20 @@ pub struct NsState {
     pub(crate) seen: u32,
 }
 
+impl NsState {
+    /// A Secret of our name that is not ours stands here: then nothing in the namespace is
+    /// touched, no ServiceAccount or Pod gets our reference. The one place this rule is written
+    /// (the planner, the webhooks and the writer ask it).
+    pub fn name_taken(&self) -> bool {
+        self.secret.as_ref().is_some_and(SecretState::is_foreign)
+    }
+
+    /// Our pull Secret is here (as far as its label and type go).
+    pub fn has_ours(&self) -> bool {
+        self.secret.as_ref().is_some_and(|s| !s.is_foreign())
+    }
+}
+
 /// The longest `imagePullSecrets` list the index keeps whole. A longer one (a tenant can make it
 /// a megabyte) is kept as the count of our entries only; the writer reads the ServiceAccount
 /// before it patches one.
@@ -270,6 +284,11 @@ pub struct SecretState {
 }
 
 impl SecretState {
+    /// Not a Secret the controller may claim: it lacks our label, or is of another type.
+    pub fn is_foreign(&self) -> bool {
+        !self.managed
+    }
+
     /// What the controller keeps of a Secret of its name.
     pub fn of(secret: &Secret) -> SecretState {
         let annotation = |k: &str| {
@@ -388,10 +407,7 @@ impl Index {
 
     /// Pull Secrets of ours (managed Secrets of our name).
     pub fn managed_secrets(&self) -> usize {
-        self.namespaces
-            .values()
-            .filter(|n| n.secret.as_ref().is_some_and(|s| s.managed))
-            .count()
+        self.namespaces.values().filter(|n| n.has_ours()).count()
     }
 
     fn key(&self, ns: &str) -> Arc<str> {

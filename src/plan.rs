@@ -132,7 +132,7 @@ pub fn plan_namespace(
         _ => None,
     };
     let secret = match (&ns.secret, selected) {
-        (Some(s), _) if !s.managed => {
+        (Some(_), _) if ns.name_taken() => {
             return NamespacePlan {
                 secret: if selected {
                     SecretStep::Blocked
@@ -155,8 +155,7 @@ pub fn plan_namespace(
         },
     };
     // A reference is only added where our Secret exists or is about to.
-    let secret_there = matches!(secret, SecretStep::Create)
-        || (selected && ns.secret.as_ref().is_some_and(|s| s.managed));
+    let secret_there = matches!(secret, SecretStep::Create) || (selected && ns.has_ours());
     // With `patch-service-accounts: false` no ServiceAccount is ever written (Pod injection
     // carries the reference instead).
     let references = ns

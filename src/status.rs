@@ -80,7 +80,7 @@ impl StatusReport {
                 SecretStep::Blocked => "blocked",
                 SecretStep::Create => "pending",
                 _ if key.is_some_and(|k| secret.is_some_and(|s| !authentic(s, k))) => "edited",
-                _ if secret.is_some_and(|s| s.managed) => "served",
+                _ if ns.has_ours() => "served",
                 _ => "pending",
             };
             let mut pending: Vec<String> = plan

@@ -24,7 +24,7 @@
 //! | `ACR_HELPER_CHAOS_SECONDS` | 120 | how long faults are injected |
 //! | `ACR_HELPER_CHAOS_NAMESPACES` | 200 | watched namespaces (each with ServiceAccounts `default` and `builder`) |
 //! | `ACR_HELPER_CHAOS_SEED` | random | seed of the fault schedule (printed; give it back to replay the same schedule) |
-//! | `ACR_HELPER_CHAOS_MIN_FAULTS` | 0 | fail unless at least this many faults were injected |
+//! | `ACR_HELPER_CHAOS_MIN_FAULTS` | one per 40 s of faults (3 for the CI run) | fail unless at least this many faults were injected, so a run that injected nothing cannot pass |
 //! | `ACR_HELPER_CHAOS_OUT` | `target/chaos` | where `report.txt`, `report.json` and the replicas' logs go |
 //!
 //! `cargo test --test chaos` is the short (CI) run; `scripts/chaos` is the full one (30 minutes,
@@ -124,11 +124,16 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 impl Settings {
     fn from_env() -> Settings {
+        let seconds = env_or("ACR_HELPER_CHAOS_SECONDS", 120);
         Settings {
-            seconds: env_or("ACR_HELPER_CHAOS_SECONDS", 120),
+            seconds,
             namespaces: env_or("ACR_HELPER_CHAOS_NAMESPACES", 200),
             seed: env_or("ACR_HELPER_CHAOS_SEED", rand::random::<u64>()),
-            min_faults: env_or("ACR_HELPER_CHAOS_MIN_FAULTS", 0),
+            // A run that injected (almost) nothing proves nothing: it fails.
+            min_faults: env_or(
+                "ACR_HELPER_CHAOS_MIN_FAULTS",
+                usize::try_from(seconds / 40).unwrap_or(usize::MAX).max(1),
+            ),
             out: std::env::var_os("ACR_HELPER_CHAOS_OUT")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| support::repo_root().join("target/chaos")),

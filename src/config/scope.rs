@@ -9,8 +9,10 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
+use super::parse::{Errors, shown, string};
 use super::selector::{self, LabelSelector};
-use super::{Errors, KEY_REGISTRY_INFO, Selection, is_dns_label, is_dns_subdomain, shown};
+use super::validate::{is_dns_label, is_dns_subdomain};
+use super::{KEY_REGISTRY_INFO, Selection};
 
 /// At most this many instances: a namespace's instances are a bit set.
 pub const MAX_INSTANCES: usize = 64;
@@ -130,10 +132,9 @@ pub(super) fn parse(
         let items: Vec<String> = match map.get(field) {
             None | Some(Value::Null) => return Some(None),
             Some(Value::String(s)) => s.split(',').map(|x| x.trim().to_owned()).collect(),
-            Some(Value::Array(list)) => list
-                .iter()
-                .map(|v| super::string(v).unwrap_or_default())
-                .collect(),
+            Some(Value::Array(list)) => {
+                list.iter().map(|v| string(v).unwrap_or_default()).collect()
+            }
             Some(_) => {
                 errors.push(
                     KEY,

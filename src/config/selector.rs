@@ -101,7 +101,7 @@ pub fn is_label_key(k: &str) -> bool {
         Some((p, n)) => (Some(p), n),
         None => (None, k),
     };
-    prefix.is_none_or(super::is_dns_subdomain) && is_label_value(name) && !name.is_empty()
+    prefix.is_none_or(super::validate::is_dns_subdomain) && is_label_value(name) && !name.is_empty()
 }
 
 /// A label value: empty, or at most 63 characters of alphanumerics, `-`, `_` and `.`, starting and

@@ -1,4 +1,5 @@
 use super::*;
+use crate::credentials::{AssumedRole, RrsaRole};
 
 fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs

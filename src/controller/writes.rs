@@ -103,8 +103,9 @@ impl Writer {
         known: Option<&SecretState>,
     ) -> Result<Secret, Error> {
         let api = Api::<Secret>::namespaced(self.client.clone(), ns);
+        // (resourceVersion, foreign)
         let mut current: Option<(String, bool)> =
-            known.map(|s| (s.resource_version.to_string(), s.managed));
+            known.map(|s| (s.resource_version.to_string(), s.is_foreign()));
         for _ in 0..MAX_CONFLICTS {
             let result = match &current {
                 None => {
@@ -117,12 +118,12 @@ impl Writer {
                     }
                     created
                 }
-                Some((_, false)) => {
+                Some((_, true)) => {
                     return Err(Error::ForeignSecret {
                         object: object(ns, name),
                     });
                 }
-                Some((rv, true)) => {
+                Some((rv, false)) => {
                     // A strategic merge patch keeps labels and annotations others added, and
                     // replaces `data` whole, so nothing but our key stays in it.
                     let data =
@@ -159,7 +160,8 @@ impl Writer {
                             if holds(&state, content) {
                                 return Ok(s);
                             }
-                            current = Some((state.resource_version.to_string(), state.managed));
+                            current =
+                                Some((state.resource_version.to_string(), state.is_foreign()));
                         }
                         None => current = None,
                     }

@@ -123,7 +123,7 @@ impl PlanReport {
             let regroup = plan.secret == SecretStep::Keep
                 && !instances.is_empty()
                 && state.secret.as_ref().is_some_and(|s| {
-                    s.managed && s.instances.as_deref() != Some(instances.join(",").as_str())
+                    !s.is_foreign() && s.instances.as_deref() != Some(instances.join(",").as_str())
                 });
             let secret = match plan.secret {
                 SecretStep::Create => Some("create"),

@@ -15,7 +15,7 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
 use crate::config::Config;
-use crate::index::Index;
+use crate::index::{Index, NsState};
 
 /// The JSON patch that adds our reference to a ServiceAccount being created, if the
 /// configuration selects it and it lacks the reference.
@@ -55,10 +55,7 @@ pub fn patch_for(
 /// Whether a Secret of our name that is not ours stands in namespace `ns` (then no
 /// ServiceAccount there gets the reference, as the controller does).
 fn name_taken(index: &Index, ns: &str) -> bool {
-    index
-        .namespace(ns)
-        .and_then(|n| n.secret.as_ref())
-        .is_some_and(|s| !s.managed)
+    index.namespace(ns).is_some_and(NsState::name_taken)
 }
 
 /// The annotation of mirror Pods (the API server's copy of a static Pod): never changed.
@@ -88,10 +85,7 @@ pub fn pod_patch_for(
         return None;
     }
     let ns = index.namespace(namespace);
-    if ns
-        .and_then(|n| n.secret.as_ref())
-        .is_some_and(|s| !s.managed)
-    {
+    if ns.is_some_and(NsState::name_taken) {
         return None;
     }
     let empty = std::collections::BTreeMap::new();

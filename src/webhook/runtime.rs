@@ -84,8 +84,7 @@ fn secret_in(index: &SharedIndex, ns: &str) -> bool {
     index
         .read()
         .namespace(ns)
-        .and_then(|n| n.secret.as_ref())
-        .is_some_and(|s| s.managed)
+        .is_some_and(crate::index::NsState::has_ours)
 }
 
 /// Waits up to `budget` for our pull Secret to be in `ns`; whether it came.
