@@ -7,7 +7,7 @@
 //!   earlier than half-way through its life ([`refresh_point`]).
 //! - When many Secrets hold a login, it is fetched a `window` ahead of that point, so their
 //!   rewrites can be spread over the window ([`window`], [`fetch_at`]; the write instants are
-//!   [`crate::controller::spread`]'s).
+//!   `controller::spread`'s).
 //! - A failure is retried with a backoff that doubles from [`FIRST_BACKOFF`] to [`MAX_BACKOFF`],
 //!   capped by a quarter of the time the content in the Secrets has left, so no retry is ever
 //!   scheduled after the passwords expire; once they have, retries come every

@@ -54,7 +54,8 @@ impl CloudError {
 
     /// Whether the cloud may never have answered (the connection failed or timed out): the only
     /// failures the HTTP client tries again within one call. Everything the cloud answered goes
-    /// back to the caller, and [`crate::timing`] schedules the next attempt.
+    /// back to the caller, whose refresh timing (`timing`, above this layer) schedules the next
+    /// attempt.
     pub fn is_transport(&self) -> bool {
         matches!(
             self,

@@ -1,7 +1,7 @@
 //! The HTTP layer shared by the cloud clients: connect and read timeouts, retries with exponential
 //! backoff and full jitter of transport failures only (a connection that failed or timed out,
 //! within one call's attempt budget), and decoding of Alibaba Cloud error documents. A server
-//! error or throttling answer is returned at once: when to call again is [`crate::timing`]'s
+//! error or throttling answer is returned at once: when to call again is the refresh timing's
 //! decision, not this layer's.
 
 use std::sync::Arc;

@@ -137,7 +137,7 @@ pub struct SecretState {
     pub resource_version: Rv,
     /// Carries our managed-by label and is a `kubernetes.io/dockerconfigjson` Secret: one the
     /// controller may claim as its own. (A label is no proof that the controller wrote it: see
-    /// [`crate::plan::authentic`].) Any other Secret of our name is foreign.
+    /// `plan::authentic`.) Any other Secret of our name is foreign.
     pub managed: bool,
     /// `.dockerconfigjson` when it is the Secret's only key (shared between equal Secrets).
     pub dockerconfigjson: Option<Arc<[u8]>>,
