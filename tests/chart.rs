@@ -638,10 +638,15 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
     let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ws.name);
     let sas =
         Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ws.name);
+    // Whether `sa` holds our reference; a read that fails (other than a 404) fails the test.
     let referenced = |sa: &'static str| {
         let sas = sas.clone();
         async move {
-            sas.get_opt(sa).await.ok().flatten().is_some_and(|s| {
+            let got = sas
+                .get_opt(sa)
+                .await
+                .unwrap_or_else(|e| panic!("get ServiceAccount {sa}: {e}"));
+            got.is_some_and(|s| {
                 s.image_pull_secrets
                     .unwrap_or_default()
                     .iter()
@@ -653,12 +658,7 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
         Duration::from_secs(30),
         "the Secret and the reference",
         || async {
-            secrets
-                .get_opt("aliyun-acr-credential-helper")
-                .await
-                .ok()
-                .flatten()
-                .is_some()
+            !support::is_absent(&secrets, "aliyun-acr-credential-helper").await
                 && referenced("default").await
         },
     )
@@ -899,8 +899,13 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
     );
 
     // Nothing of ours is left: no reference, no pull Secret, no webhook registration, no
-    // certificate or persisted configuration, while the controller process still runs.
-    for _ in 0..2 {
+    // certificate or persisted configuration, while the controller process still runs: at once,
+    // and again once it has had its chance to put something back (and for 3 s more). It could
+    // only as the leader, so it must have tried for the Lease since (its log says so: uninstall
+    // took its ServiceAccount, and the API server refuses it).
+    let own =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &release_ns_name);
+    let nothing_left = || async {
         assert!(
             support::is_absent(&mwcs, &webhook_name).await,
             "uninstall left the webhook"
@@ -915,8 +920,6 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
             support::is_absent(&secrets, "aliyun-acr-credential-helper").await,
             "uninstall left the pull Secret"
         );
-        let own =
-            Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &release_ns_name);
         for name in [
             "aliyun-acr-credential-helper-webhook-tls",
             "aliyun-acr-credential-helper-last-config",
@@ -927,8 +930,60 @@ async fn install_upgrade_uninstall_and_the_chart_rbac_suffices() {
                 "uninstall left Secret {name}"
             );
         }
-        tokio::time::sleep(Duration::from_secs(5)).await;
+    };
+    nothing_left().await;
+    // Uninstall deletes the Lease with the release (the chart owns it: the controller may not
+    // create one); were one left, the one cleanup took would first have to run out.
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        client.clone(),
+        &release_ns_name,
+    )
+    .get_opt("aliyun-acr-credential-helper")
+    .await
+    .unwrap_or_else(|e| panic!("the Lease: {e}"))
+    .map(|l| l.spec.unwrap_or_default());
+    if let Some(lease) = &lease {
+        let runs_out = lease
+            .renew_time
+            .as_ref()
+            .or(lease.acquire_time.as_ref())
+            .map(|t| t.0)
+            .unwrap_or_else(|| panic!("a Lease never renewed: {lease:?}"))
+            + jiff::SignedDuration::from_secs(i64::from(lease.lease_duration_seconds.unwrap_or(0)));
+        if let Ok(left) = Duration::try_from(runs_out.duration_since(jiff::Timestamp::now())) {
+            tokio::time::sleep(left).await;
+        }
     }
+    let controller_log = dir.join("controller.log");
+    let read_log = || {
+        std::fs::read_to_string(&controller_log)
+            .unwrap_or_else(|e| panic!("read {}: {e}", controller_log.display()))
+    };
+    let seen = read_log().len();
+    wait_until(
+        Duration::from_secs(30),
+        "the controller to try for the Lease after uninstall",
+        || async {
+            let log = read_log();
+            let since = log.get(seen..).unwrap_or_default();
+            since.contains("could not read or renew the Lease")
+                || since.contains("became the leader")
+        },
+    )
+    .await;
+    let log = read_log();
+    let tried = log
+        .get(seen..)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.contains("the Lease") || l.contains("became the leader"))
+        .unwrap_or_default()
+        .to_owned();
+    eprintln!(
+        "after uninstall (Lease left: {:?}), the controller: {tried}",
+        lease.map(|l| l.holder_identity)
+    );
+    support::holds_for(Duration::from_secs(3), nothing_left).await;
     // The configuration is the operator's: uninstall keeps it, without the cleanup mark, so a
     // new install serves it at once.
     let kept = cms

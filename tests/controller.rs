@@ -10,7 +10,7 @@ use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use support::fake_cloud::*;
-use support::harness::{BINARY, Harness, domains};
+use support::harness::{BINARY, Harness, domains, is_marker};
 use support::{TestNamespace, wait_until};
 
 const ENTERPRISE: &str = "- instanceId: cri-fakeinstance0001\n";
@@ -560,7 +560,11 @@ async fn refresh_rewrites_before_expiry_and_nothing_is_written_when_nothing_chan
     // Now long-lived tokens: after the next refresh nothing changes, so nothing is written.
     h.fake.configure(json!({"lifetimes": {}})).await;
     wait_until(Duration::from_secs(40), "a long-lived password", || async {
-        let s = h.secrets(&ns.name).get(&h.secret_name).await.ok();
+        let s = h
+            .secrets(&ns.name)
+            .get_opt(&h.secret_name)
+            .await
+            .unwrap_or_else(|e| panic!("get {}/{}: {e}", ns.name, h.secret_name));
         s.and_then(|s| s.metadata.annotations)
             .and_then(|a| a.get("aliyun-acr-credential-helper/expires-at").cloned())
             .and_then(|e| e.parse::<jiff::Timestamp>().ok())
@@ -578,16 +582,23 @@ async fn refresh_rewrites_before_expiry_and_nothing_is_written_when_nothing_chan
         .patch("default", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    // Give the controller time to react (it would write within this window if it were to).
-    let observe_until = std::time::Instant::now() + Duration::from_secs(5);
-    while std::time::Instant::now() < observe_until {
-        assert_eq!(
-            h.audited_writes().len(),
-            before,
-            "the controller wrote although nothing changed"
+    // The controller has seen both touches once it has acted on later changes of both kinds;
+    // then (and for a short margin, for a reconcile already under way) nothing was written but
+    // the marker's own writes.
+    let _marker = h.marker().await;
+    support::holds_for(Duration::from_secs(2), || async {
+        let writes: Vec<Value> = h
+            .audited_writes()
+            .into_iter()
+            .skip(before)
+            .filter(|e| !is_marker(e["objectRef"]["namespace"].as_str().unwrap_or_default()))
+            .collect();
+        assert!(
+            writes.is_empty(),
+            "the controller wrote although nothing changed: {writes:?}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -710,13 +721,46 @@ async fn narrowing_cleanup_and_deleting_the_config() {
     let writes = h.audited_writes().len();
     let late = TestNamespace::create(&h.client, "narrow-late").await;
     create_sa(&h.client, &a.name, "after-delete", &[]).await;
-    let until = std::time::Instant::now() + Duration::from_secs(3);
-    while std::time::Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(h.audited_writes().len(), writes);
+    // With no configuration the controller acts on nothing, so nothing it does can show it has
+    // seen these. The same configuration again, then a marker it serves: by then it has seen
+    // the deletion, the namespace and the ServiceAccount (each watch delivers in order), and
+    // nothing may have been written but the marker's writes: none while the ConfigMap was gone,
+    // and none for them once it is back (it selects neither, and `a` is as it wants it).
+    let restored = jiff::Timestamp::now();
+    h.apply_config(&[
+        ("watch-namespace", a.name.as_str()),
+        ("acr-registry-info", ENTERPRISE),
+    ])
+    .await;
+    let _marker = h.marker().await;
+    support::holds_for(Duration::from_secs(2), || async {
+        let since: Vec<Value> = h.audited_writes().into_iter().skip(writes).collect();
+        let early: Vec<&Value> = since
+            .iter()
+            .filter(|e| {
+                e["stageTimestamp"]
+                    .as_str()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .is_none_or(|t| t < restored)
+            })
+            .collect();
+        assert!(
+            early.is_empty(),
+            "written while the ConfigMap was gone: {early:?}"
+        );
+        let elsewhere: Vec<&Value> = since
+            .iter()
+            .filter(|e| !is_marker(e["objectRef"]["namespace"].as_str().unwrap_or_default()))
+            .collect();
+        assert!(
+            elsewhere.is_empty(),
+            "written for what the ConfigMap's deletion or the new objects changed: {elsewhere:?}"
+        );
+    })
+    .await;
     assert!(h.secret_exists(&a.name).await && h.has_reference(&a.name, "default").await);
     assert!(!h.secret_exists(&late.name).await);
+    assert!(!h.has_reference(&a.name, "after-delete").await);
     drop(c);
 
     // cleanup removes everything of ours and nothing else.
@@ -909,7 +953,14 @@ async fn only_the_leader_writes_and_a_standby_takes_over() {
     } else {
         (&mut two, &mut one)
     };
-    // The standby wrote nothing: no cloud call, no write.
+    // The standby wrote nothing: no cloud call, no write, though it is ready (its watches have
+    // listed, it has the configuration: it would have acted by now).
+    wait_until(Duration::from_secs(20), "the standby ready", || async {
+        reqwest::get(format!("{}/readyz", standby.metrics_url))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
     assert!(
         !standby
             .metrics()
@@ -1020,12 +1071,11 @@ async fn a_restart_with_fresh_secrets_in_place_writes_nothing() {
         Duration::from_secs(20),
         "the persisted configuration",
         || async {
-            h.secrets(&h.config_ns.name)
-                .get_opt("aliyun-acr-credential-helper-last-config")
-                .await
-                .ok()
-                .flatten()
-                .is_some()
+            !support::is_absent(
+                &h.secrets(&h.config_ns.name),
+                "aliyun-acr-credential-helper-last-config",
+            )
+            .await
         },
     )
     .await;
@@ -1042,29 +1092,30 @@ async fn a_restart_with_fresh_secrets_in_place_writes_nothing() {
         || async { second.metric("acr_helper_leader").await == Some(1.0) },
     )
     .await;
-    let until = std::time::Instant::now() + Duration::from_secs(5);
-    while std::time::Instant::now() < until {
+    // It serves with them: a namespace that appears now gets the same, still valid, password.
+    // That is also the sign it has taken over: it has its content and has planned every
+    // namespace with it (those with work were queued no later than this one).
+    let _late = TestNamespace::create_named(&h.client, &late).await;
+    let doc = h.wait_secret(&late).await;
+    assert_eq!(doc["auths"][ENTERPRISE_DOMAINS[0]]["password"], password);
+    assert_logins_valid(&h, &doc).await;
+    support::holds_for(Duration::from_secs(2), || async {
         let writes: Vec<_> = h
             .audited_product_writes()
             .into_iter()
-            .filter(|w| w.replica == "second")
+            .filter(|w| w.replica == "second" && w.namespace != late && !is_marker(&w.namespace))
             .collect();
         assert!(
             writes.is_empty(),
             "a restart rewrote what was fresh: {writes:?}"
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await;
     assert_eq!(
         h.fake.calls("GetAuthorizationToken").await,
         tokens_before,
         "a new password was fetched"
     );
-    // And it serves with them: a namespace that appears now gets the same, still valid, password.
-    let _late = TestNamespace::create_named(&h.client, &late).await;
-    let doc = h.wait_secret(&late).await;
-    assert_eq!(doc["auths"][ENTERPRISE_DOMAINS[0]]["password"], password);
-    assert_logins_valid(&h, &doc).await;
 }
 
 /// Sets (`Some`) or removes (`None`) one label of a Namespace (`sa` = None) or a ServiceAccount.
@@ -1223,14 +1274,18 @@ async fn a_server_side_apply_by_another_manager_keeps_our_reference() {
             "{managers:?}"
         );
     }
-    // And the controller did not have to write it again.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let patches = h
-        .audited_product_writes()
-        .into_iter()
-        .filter(|w| w.resource == "serviceaccounts" && w.name == "app")
-        .count();
-    assert_eq!(patches, 1, "one patch of ours, never repeated");
+    // And the controller did not have to write it again: once it has seen later changes (it
+    // has seen the tool's applies), still one patch.
+    let _marker = h.marker().await;
+    support::holds_for(Duration::from_secs(1), || async {
+        let patches = h
+            .audited_product_writes()
+            .into_iter()
+            .filter(|w| w.resource == "serviceaccounts" && w.name == "app")
+            .count();
+        assert_eq!(patches, 1, "one patch of ours, never repeated");
+    })
+    .await;
 }
 
 /// A ServiceAccount `planner` in the configuration namespace that may only read what `plan`
@@ -1383,19 +1438,23 @@ async fn plan_predicts_exactly_what_the_controller_then_writes() {
             && !h.has_reference(&a.name, "default").await
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing more either: not once it has seen later changes (the marker), nor a moment after.
+    let _marker = h.marker().await;
     let ours = [&a.name, &b.name, &c.name];
-    let done: std::collections::BTreeSet<String> = h
-        .audited_product_writes()
-        .into_iter()
-        .filter(|w| w.at > planned_at && ours.contains(&&w.namespace) && w.code < 300)
-        .filter(|w| w.resource == "serviceaccounts" || w.name == h.secret_name)
-        .map(|w| format!("{} {} {}/{}", w.verb, w.resource, w.namespace, w.name))
-        .collect();
-    assert_eq!(
-        done, planned,
-        "what the controller wrote (audit log) vs the plan"
-    );
+    support::holds_for(Duration::from_secs(1), || async {
+        let done: std::collections::BTreeSet<String> = h
+            .audited_product_writes()
+            .into_iter()
+            .filter(|w| w.at > planned_at && ours.contains(&&w.namespace) && w.code < 300)
+            .filter(|w| w.resource == "serviceaccounts" || w.name == h.secret_name)
+            .map(|w| format!("{} {} {}/{}", w.verb, w.resource, w.namespace, w.name))
+            .collect();
+        assert_eq!(
+            done, planned,
+            "what the controller wrote (audit log) vs the plan"
+        );
+    })
+    .await;
 
     // A rejected edit: the errors, nothing would change, exit 1.
     std::fs::write(&file, "data:\n  expiring-threshold: soon\n").unwrap_or_else(|e| panic!("{e}"));

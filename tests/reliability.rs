@@ -110,22 +110,15 @@ async fn leftovers(h: &Harness, namespaces: &[&str], webhook: &str) -> Vec<Strin
         ));
     }
     for name in [LAST_CONFIG, TLS_SECRET] {
-        if h.secrets(&h.config_ns.name)
-            .get_opt(name)
-            .await
-            .ok()
-            .flatten()
-            .is_some()
-        {
+        if !support::is_absent(&h.secrets(&h.config_ns.name), name).await {
             found.push(format!("Secret {}/{name}", h.config_ns.name));
         }
     }
-    if Api::<MutatingWebhookConfiguration>::all(h.client.clone())
-        .get_opt(webhook)
-        .await
-        .ok()
-        .flatten()
-        .is_some()
+    if !support::is_absent(
+        &Api::<MutatingWebhookConfiguration>::all(h.client.clone()),
+        webhook,
+    )
+    .await
     {
         found.push(format!("MutatingWebhookConfiguration {webhook}"));
     }
@@ -189,12 +182,41 @@ async fn cleanup_while_two_replicas_run_leaves_nothing_behind() {
     flags.extend(["--webhook-configuration", &webhook].map(String::from));
     let started = Instant::now();
     support::run_cleanup(&flags);
+    let cleaned = Instant::now();
+    let cleaned_at = jiff::Timestamp::now();
     eprintln!("cleanup took {:?}", started.elapsed());
-    // Nothing of ours, at every sample for the next 10 seconds (the replicas must not put it back).
-    let until = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < until {
+    // Nothing of ours, at every sample (the replicas must not put it back): for at least 10 s,
+    // and until the replicas have had every chance to: both have seen the mark (they say they
+    // stand down), one of them holds the Lease again (cleanup's, no longer renewed, ran out), and
+    // 3 s more.
+    let mut chance: Option<Instant> = None;
+    loop {
         let left = leftovers(&h, &[&a.name, &b.name], &webhook).await;
         assert!(left.is_empty(), "left behind: {left:?}");
+        if chance.is_none()
+            && [&one, &two].iter().all(|r| {
+                r.log_text()
+                    .contains("no configuration in force state=StandingDown")
+            })
+            && ["replica-one", "replica-two"]
+                .iter()
+                .any(|r| h.lease_updates(r).iter().any(|t| *t > cleaned_at))
+        {
+            chance = Some(Instant::now());
+            eprintln!(
+                "both replicas stand down and one holds the Lease again {:?} after cleanup",
+                cleaned.elapsed()
+            );
+        }
+        let enough = cleaned.elapsed() >= Duration::from_secs(10);
+        match chance {
+            Some(t) if enough && t.elapsed() >= Duration::from_secs(3) => break,
+            None => assert!(
+                cleaned.elapsed() < Duration::from_secs(60),
+                "60 s after cleanup, the replicas have not both seen the mark and retaken the Lease"
+            ),
+            _ => {}
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(
@@ -284,14 +306,7 @@ async fn a_new_leader_keeps_secrets_fresh_with_the_last_accepted_configuration()
     wait_until(
         Duration::from_secs(20),
         "the persisted configuration",
-        || async {
-            h.secrets(&h.config_ns.name)
-                .get_opt(LAST_CONFIG)
-                .await
-                .ok()
-                .flatten()
-                .is_some()
-        },
+        || async { !support::is_absent(&h.secrets(&h.config_ns.name), LAST_CONFIG).await },
     )
     .await;
 
@@ -744,14 +759,15 @@ async fn one_service_account_that_cannot_be_patched_does_not_stop_the_others() {
     .await;
     // The policy is in force once it denies an update of our own.
     wait_until(Duration::from_secs(20), "the policy", || async {
-        h.service_accounts(&ns.name)
-            .patch(
-                "denied",
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"metadata": {"labels": {"x": "y"}}})),
-            )
-            .await
-            .is_err()
+        denied_by_the_policy(
+            h.service_accounts(&ns.name)
+                .patch(
+                    "denied",
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"metadata": {"labels": {"x": "y"}}})),
+                )
+                .await,
+        )
     })
     .await;
     let _c = h.start(&["--token-mode", "workerRole"]);
@@ -764,24 +780,33 @@ async fn one_service_account_that_cannot_be_patched_does_not_stop_the_others() {
     for sa in ["a-first", "default", "z-last"] {
         h.wait_reference(&ns.name, sa, true).await;
     }
-    assert!(!h.has_reference(&ns.name, "denied").await);
+    // The controller tried the denied one (it says so), and it holds no reference.
     wait_until(
         Duration::from_secs(20),
         "a PatchFailed Event on the denied ServiceAccount",
         || async {
-            let events =
-                Api::<k8s_openapi::api::events::v1::Event>::namespaced(h.client.clone(), &ns.name)
-                    .list(&ListParams::default())
-                    .await
-                    .map(|l| l.items)
-                    .unwrap_or_default();
-            events.iter().any(|e| {
-                e.reason.as_deref() == Some("PatchFailed")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("denied")
-            })
+            events_about(&h.client, &ns.name, "ServiceAccount", "denied")
+                .await
+                .iter()
+                .any(|(_, reason)| reason == "PatchFailed")
         },
     )
     .await;
+    assert!(!h.has_reference(&ns.name, "denied").await);
+}
+
+/// Whether a write was refused by a policy of [`deny`] (403 or 422 with its message); a write
+/// that failed for another reason fails the test.
+fn denied_by_the_policy<T>(r: Result<T, kube::Error>) -> bool {
+    match r {
+        Ok(_) => false,
+        Err(kube::Error::Api(s))
+            if (s.code == 403 || s.code == 422) && s.message.contains("denied by the test") =>
+        {
+            true
+        }
+        Err(e) => panic!("a write failed, not by the policy: {e}"),
+    }
 }
 
 /// Events recorded in `namespace` about the object `kind`/`name`, as (type, reason).
@@ -842,10 +867,12 @@ async fn a_cloud_outage_is_degraded_not_not_ready_and_recovery_is_recorded() {
     wait_until(Duration::from_secs(20), "the policy", || async {
         let probe: Secret = serde_json::from_value(json!({"metadata": {"name": "probe"}}))
             .unwrap_or_else(|e| panic!("{e}"));
-        h.secrets(&shut.name)
-            .create(&PostParams::default(), &probe)
-            .await
-            .is_err()
+        // A dry run: admission decides as for a real write, and nothing is left behind.
+        let dry = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        denied_by_the_policy(h.secrets(&shut.name).create(&dry, &probe).await)
     })
     .await;
     h.fake

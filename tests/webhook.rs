@@ -257,7 +257,7 @@ async fn no_reference_where_a_foreign_secret_holds_the_name() {
                 .list(&kube::api::ListParams::default().fields("type=Warning"))
                 .await
                 .map(|l| l.items)
-                .unwrap_or_default();
+                .unwrap_or_else(|e| panic!("list Events: {e}"));
             events.iter().any(|e| {
                 e.reason.as_deref() == Some("SecretNameTaken")
                     && e.regarding.as_ref().and_then(|r| r.name.as_deref())
@@ -302,8 +302,22 @@ async fn no_reference_where_a_foreign_secret_holds_the_name() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    // And the controller never patched the existing one.
-    assert!(!h.has_reference(&watched.name, "default").await);
+    // And the controller never patched the existing one, nor wrote anything there, though it has
+    // seen every ServiceAccount above (it has acted on later changes: the marker).
+    let _marker = h.marker().await;
+    support::holds_for(Duration::from_secs(1), || async {
+        assert!(!h.has_reference(&watched.name, "default").await);
+        let writes: Vec<_> = h
+            .audited_product_writes()
+            .into_iter()
+            .filter(|w| w.namespace == watched.name)
+            .collect();
+        assert!(
+            writes.is_empty(),
+            "the controller wrote next to a foreign Secret: {writes:?}"
+        );
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -19,6 +19,26 @@ use super::{TestNamespace, control_plane, wait_until};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_aliyun-acr-credential-helper");
 
+/// The label by which a Namespace or a ServiceAccount opts in (`true`) or out (`false`).
+pub const OPT_LABEL: &str = "aliyun-acr-credential-helper/pull-secret";
+/// The ServiceAccount of [`Harness::marker`]'s namespace that the controller patches.
+pub const MARKER_SA: &str = "acr-marker";
+/// How the names of [`Harness::marker`]'s namespaces begin.
+const MARKER_PREFIX: &str = "opted-in-marker-";
+
+/// Whether `ns` is a namespace of [`Harness::marker`]: this test's, or a concurrent test's (every
+/// controller serves an opted-in namespace), so writes there are never what a test is about.
+pub fn is_marker(ns: &str) -> bool {
+    ns.starts_with(MARKER_PREFIX)
+}
+
+/// The API server's audit log; one that cannot be read fails the test ("no write" must not be
+/// an unreadable file).
+fn read_audit_log(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("read the audit log {}: {e}", path.display()))
+}
+
 /// One write the audit log recorded.
 #[derive(Debug, Clone)]
 pub struct AuditedWrite {
@@ -159,21 +179,37 @@ impl ControllerProcess {
         self.child.id()
     }
 
-    /// The controller's log so far.
+    /// The controller's log so far. A log that cannot be read fails the test: a line looked for
+    /// must not read as absent because the file was not there.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_else(|e| panic!("read the controller's log {}: {e}", self.log.display()))
     }
 
+    /// The `/metrics` page. A replica that is starting may not listen yet: a failed scrape is
+    /// tried again for up to 20 s, then fails the test. It never reads as an empty page, so a
+    /// series asserted absent is absent from an answer.
     pub async fn metrics(&self) -> String {
-        let text = match reqwest::get(format!("{}/metrics", self.metrics_url)).await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        super::leaks::text("metrics", &text);
-        text
+        let url = format!("{}/metrics", self.metrics_url);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let answer = match reqwest::get(&url).await.and_then(|r| r.error_for_status()) {
+                Ok(r) => r.text().await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(text) => {
+                    super::leaks::text("metrics", &text);
+                    return text;
+                }
+                Err(e) if Instant::now() >= deadline => panic!("scrape {url}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
-    /// The value of one metric line (exact name with labels), if present.
+    /// The value of one metric line (exact name with labels), if the page has it (see
+    /// [`ControllerProcess::metrics`]: an unanswered scrape fails the test).
     pub async fn metric(&self, series: &str) -> Option<f64> {
         metric_value(&self.metrics().await, series)
     }
@@ -417,13 +453,13 @@ impl Harness {
         Api::namespaced(self.client.clone(), ns)
     }
 
-    /// The names in a ServiceAccount's imagePullSecrets, or None if it does not exist.
+    /// The names in a ServiceAccount's imagePullSecrets, or None if it does not exist (a 404);
+    /// any other error fails the test, so "no reference" is never a refused read.
     pub async fn pull_secrets(&self, ns: &str, sa: &str) -> Option<Vec<String>> {
         self.service_accounts(ns)
             .get_opt(sa)
             .await
-            .ok()
-            .flatten()
+            .unwrap_or_else(|e| panic!("get ServiceAccount {ns}/{sa}: {e}"))
             .map(|sa| super::reference_names(sa.image_pull_secrets))
     }
 
@@ -449,7 +485,11 @@ impl Harness {
         let mut found = None;
         let deadline = Instant::now() + Duration::from_secs(30);
         while found.is_none() {
-            if let Ok(Some(s)) = api.get_opt(&self.secret_name).await {
+            let got = api
+                .get_opt(&self.secret_name)
+                .await
+                .unwrap_or_else(|e| panic!("get Secret {ns}/{}: {e}", self.secret_name));
+            if let Some(s) = got {
                 found = Some(s);
                 break;
             }
@@ -459,13 +499,50 @@ impl Harness {
         dockerconfig(found.as_ref().unwrap_or_else(|| unreachable!()))
     }
 
+    /// Whether our Secret is in `ns`: absent only on a 404 (see [`super::is_absent`]).
     pub async fn secret_exists(&self, ns: &str) -> bool {
-        self.secrets(ns)
-            .get_opt(&self.secret_name)
+        !super::is_absent(&self.secrets(ns), &self.secret_name).await
+    }
+
+    /// Proof that the controller has seen every Namespace and ServiceAccount change made before
+    /// this call: a later change of each kind that it visibly acts on. A namespace created now
+    /// with the opt-in label gets our Secret; a ServiceAccount there, created opted out and then
+    /// opted in (an update: the admission webhook, which sees creations only, cannot add the
+    /// reference), gets our reference. Only the leader writes either. Each watch delivers its
+    /// events in order, so once both are done the controller has applied every earlier event of
+    /// those kinds to its index, and planned the namespaces they concern.
+    ///
+    /// Needs a configuration in force that serves an opted-in namespace (`namespace-opt-in` on, an
+    /// instance that names no namespaces of its own) and patches ServiceAccounts. Returns the
+    /// namespace; writes there (and in any other test's marker, see [`is_marker`]) are the
+    /// markers', not the tested change's.
+    pub async fn marker(&self) -> TestNamespace {
+        let name = format!("{MARKER_PREFIX}{:08x}", rand::random::<u32>());
+        let ns = TestNamespace::create_labelled(&self.client, &name, &[(OPT_LABEL, "true")]).await;
+        let sas = self.service_accounts(&ns.name);
+        let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": MARKER_SA, "labels": {OPT_LABEL: "false"}},
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        sas.create(&PostParams::default(), &sa)
             .await
-            .ok()
-            .flatten()
-            .is_some()
+            .unwrap_or_else(|e| panic!("create ServiceAccount {}/{MARKER_SA}: {e}", ns.name));
+        sas.patch(
+            MARKER_SA,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {OPT_LABEL: "true"}}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("opt {}/{MARKER_SA} in: {e}", ns.name));
+        wait_until(
+            Duration::from_secs(30),
+            &format!("the marker {} served (Secret and reference)", ns.name),
+            || async {
+                self.secret_exists(&ns.name).await && self.has_reference(&ns.name, MARKER_SA).await
+            },
+        )
+        .await;
+        ns
     }
 
     /// Write requests (create, update, patch, delete) the controller's identity made, from the
@@ -475,7 +552,7 @@ impl Harness {
             .audit_log
             .clone()
             .unwrap_or_else(|| panic!("needs the audit log of our control plane"));
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let text = read_audit_log(&path);
         text.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|e| e["user"]["username"] == self.identity.as_str())
@@ -543,7 +620,7 @@ impl Harness {
             .audit_log
             .clone()
             .unwrap_or_else(|| panic!("needs the audit log of our control plane"));
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let text = read_audit_log(&path);
         let agent = format!("({replica})");
         text.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())

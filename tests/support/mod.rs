@@ -198,11 +198,28 @@ impl TestNamespace {
 
     /// Creates the namespace `name` (see [`TestNamespace::create`]).
     pub async fn create_named(client: &Client, name: &str) -> TestNamespace {
+        Self::create_labelled(client, name, &[]).await
+    }
+
+    /// Creates the namespace `name` with `labels` besides the test label (see
+    /// [`TestNamespace::create`]).
+    pub async fn create_labelled(
+        client: &Client,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> TestNamespace {
         let name = name.to_owned();
+        let mut all: std::collections::BTreeMap<String, String> =
+            [(TEST_LABEL.to_owned(), "true".to_owned())].into();
+        all.extend(
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
-                labels: Some([(TEST_LABEL.to_owned(), "true".to_owned())].into()),
+                labels: Some(all),
                 ..Default::default()
             },
             ..Default::default()
@@ -218,7 +235,7 @@ impl TestNamespace {
             "the default ServiceAccount",
             || {
                 let sas = sas.clone();
-                async move { sas.get_opt("default").await.ok().flatten().is_some() }
+                async move { !is_absent(&sas, "default").await }
             },
         )
         .await;
@@ -318,6 +335,25 @@ where
     match api.get_opt(name).await {
         Ok(found) => found.is_none(),
         Err(e) => panic!("get {name}: {e}"),
+    }
+}
+
+/// Runs `sample` (which asserts what must hold) now and every 200 ms until `margin` has passed.
+/// The bounded extra time a "nothing happened" check gives the controller *after* a positive
+/// signal that it has seen the change (work it may already have had under way), never a wait
+/// in place of that signal.
+pub async fn holds_for<F, Fut>(margin: Duration, mut sample: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let until = Instant::now() + margin;
+    loop {
+        sample().await;
+        if Instant::now() >= until {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
