@@ -839,11 +839,19 @@ impl Runner<'_> {
                 return Some(i);
             }
         }
-        let lease = Api::<Lease>::namespaced(self.h.client.clone(), &self.h.config_ns.name)
+        // Unknown is not absent: the matrix restarts its API server, and while it is down the
+        // Lease cannot be read. The caller then knows no leader, and says so; it never takes
+        // that as "nobody leads".
+        let lease = match Api::<Lease>::namespaced(self.h.client.clone(), &self.h.config_ns.name)
             .get_opt("aliyun-acr-credential-helper")
             .await
-            .ok()
-            .flatten()?;
+        {
+            Ok(lease) => lease?,
+            Err(e) => {
+                eprintln!("chaos: the leader is unknown: the Lease cannot be read: {e}");
+                return None;
+            }
+        };
         let holder = lease.spec?.holder_identity?;
         self.slots.iter().position(|s| s.identity == holder)
     }
