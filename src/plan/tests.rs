@@ -284,3 +284,36 @@ fn only_content_the_controller_wrote_is_authentic() {
     let old = secret_state(true, Some(&content("old")));
     assert!(authentic(&old, &key()) && !holds(&old, &ours));
 }
+
+#[test]
+fn a_plan_is_empty_only_when_it_writes_nothing() {
+    let reference = ReferenceStep {
+        service_account: "builder".into(),
+        add: true,
+    };
+    for (secret, references, empty) in [
+        (SecretStep::Keep, vec![], true),
+        (SecretStep::Blocked, vec![], true),
+        (SecretStep::Create, vec![], false),
+        (SecretStep::Update, vec![], false),
+        (SecretStep::Delete, vec![], false),
+        (SecretStep::Keep, vec![reference.clone()], false),
+        (SecretStep::Blocked, vec![reference.clone()], false),
+        (SecretStep::Create, vec![reference.clone()], false),
+    ] {
+        let plan = NamespacePlan {
+            secret,
+            references,
+            ..NamespacePlan::default()
+        };
+        assert_eq!(plan.is_empty(), empty, "{plan:?}");
+    }
+}
+
+#[test]
+fn what_the_content_will_be_debugs_as_its_kind_only() {
+    let f = |_: crate::config::InstanceSet| None;
+    assert_eq!(format!("{:?}", Desired::Unavailable), "Unavailable");
+    assert_eq!(format!("{:?}", Desired::Assumed), "Assumed");
+    assert_eq!(format!("{:?}", Desired::Content(&f)), "Content");
+}
