@@ -398,6 +398,36 @@ mod tests {
     }
 
     #[test]
+    fn secret_content_debugs_its_annotations_but_never_its_logins() {
+        let pw = SecretString::from("s3cr3t-in-debug".to_owned());
+        let key = crate::record::DigestKey::from_bytes(&[1; 32]).unwrap_or_else(|| panic!("key"));
+        let c = SecretContent::new(
+            dockerconfigjson(&[Login {
+                domain: "r.example.com",
+                username: "u",
+                password: &pw,
+            }]),
+            Timestamp::UNIX_EPOCH,
+            vec!["cri-a".into()],
+            "fingerprint".into(),
+            &key,
+        );
+        let text = format!("{c:?}");
+        assert!(
+            text.starts_with("SecretContent")
+                && text.contains("cri-a")
+                && text.contains("fingerprint")
+                && text.contains("1970-01-01")
+                && text.contains("[REDACTED]"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("s3cr3t-in-debug") && !text.contains("auths"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn personal_domains_cover_public_vpc_and_intl() {
         assert_eq!(
             personal_domains("cn-shanghai"),
