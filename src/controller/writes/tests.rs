@@ -91,6 +91,15 @@ fn nothing_more(server: &mut Server) {
     }
 }
 
+/// Starts `ensure_secret` of [`content`] over what the index knew (`known`), to be answered by
+/// the test's mock server.
+fn ensure(w: Writer, known: Option<SecretState>) -> tokio::task::JoinHandle<Result<Secret, Error>> {
+    tokio::spawn(async move {
+        w.ensure_secret("team-a", "acr-credential", &content(), known.as_ref())
+            .await
+    })
+}
+
 const SECRETS: &str = "/api/v1/namespaces/team-a/secrets";
 const SECRET: &str = "/api/v1/namespaces/team-a/secrets/acr-credential";
 const SA: &str = "/api/v1/namespaces/team-a/serviceaccounts/builder";
@@ -109,9 +118,7 @@ fn known(rv: &str, managed: bool) -> SecretState {
 #[tokio::test]
 async fn a_missing_secret_is_created_with_our_label() {
     let (w, mut server) = writer(Leadership::always());
-    let c = content();
-    let call =
-        tokio::spawn(async move { w.ensure_secret("team-a", "acr-credential", &c, None).await });
+    let call = ensure(w, None);
     let body = expect(&mut server, "POST", SECRETS, 201, stored(&content(), "1")).await;
     assert_eq!(body["metadata"]["name"], "acr-credential");
     assert_eq!(body["type"], "kubernetes.io/dockerconfigjson");
@@ -127,12 +134,7 @@ async fn a_missing_secret_is_created_with_our_label() {
 #[tokio::test]
 async fn an_update_carries_the_resource_version_it_was_decided_on() {
     let (w, mut server) = writer(Leadership::always());
-    let c = content();
-    let k = known("41", true);
-    let call = tokio::spawn(async move {
-        w.ensure_secret("team-a", "acr-credential", &c, Some(&k))
-            .await
-    });
+    let call = ensure(w, Some(known("41", true)));
     let body = expect(&mut server, "PATCH", SECRET, 200, stored(&content(), "42")).await;
     assert_eq!(body["metadata"]["resourceVersion"], "41");
     assert_eq!(body["data"]["$patch"], "replace", "data is replaced whole");
@@ -144,12 +146,7 @@ async fn an_update_carries_the_resource_version_it_was_decided_on() {
 #[tokio::test]
 async fn a_conflict_reads_again_and_stops_when_the_secret_already_holds_the_content() {
     let (w, mut server) = writer(Leadership::always());
-    let c = content();
-    let k = known("41", true);
-    let call = tokio::spawn(async move {
-        w.ensure_secret("team-a", "acr-credential", &c, Some(&k))
-            .await
-    });
+    let call = ensure(w, Some(known("41", true)));
     expect(&mut server, "PATCH", SECRET, 409, status(409, "Conflict")).await;
     // Another replica (or our own earlier write) got there first: nothing left to write.
     expect(&mut server, "GET", SECRET, 200, stored(&content(), "43")).await;
@@ -164,12 +161,7 @@ async fn a_conflict_reads_again_and_stops_when_the_secret_already_holds_the_cont
 #[tokio::test]
 async fn a_conflict_with_other_content_is_patched_again_over_the_new_version() {
     let (w, mut server) = writer(Leadership::always());
-    let c = content();
-    let k = known("41", true);
-    let call = tokio::spawn(async move {
-        w.ensure_secret("team-a", "acr-credential", &c, Some(&k))
-            .await
-    });
+    let call = ensure(w, Some(known("41", true)));
     expect(&mut server, "PATCH", SECRET, 409, status(409, "Conflict")).await;
     let mut edited = stored(&content(), "44");
     edited["data"][DOCKER_CONFIG_KEY] = json!("e30=");
@@ -183,12 +175,7 @@ async fn a_conflict_with_other_content_is_patched_again_over_the_new_version() {
 #[tokio::test]
 async fn a_secret_deleted_meanwhile_is_created_again() {
     let (w, mut server) = writer(Leadership::always());
-    let c = content();
-    let k = known("41", true);
-    let call = tokio::spawn(async move {
-        w.ensure_secret("team-a", "acr-credential", &c, Some(&k))
-            .await
-    });
+    let call = ensure(w, Some(known("41", true)));
     expect(&mut server, "PATCH", SECRET, 404, status(404, "NotFound")).await;
     expect(&mut server, "GET", SECRET, 404, status(404, "NotFound")).await;
     expect(&mut server, "POST", SECRETS, 201, stored(&content(), "50")).await;
@@ -204,11 +191,7 @@ async fn forbidden_and_unavailable_are_told_apart_and_not_retried_here() {
         (422, "Invalid", Category::Invalid),
     ] {
         let (w, mut server) = writer(Leadership::always());
-        let c = content();
-        let call =
-            tokio::spawn(
-                async move { w.ensure_secret("team-a", "acr-credential", &c, None).await },
-            );
+        let call = ensure(w, None);
         expect(&mut server, "POST", SECRETS, code, status(code, reason)).await;
         let r = call.await.unwrap_or_else(|e| panic!("{e}"));
         match r {
