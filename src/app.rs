@@ -153,6 +153,17 @@ fn until_true(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send 
     }
 }
 
+/// A channel that turns true once the process is asked to terminate (SIGTERM, Ctrl-C).
+fn stop_on_termination() -> watch::Receiver<bool> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        termination().await;
+        tracing::info!("terminating");
+        let _ = stop_tx.send(true);
+    });
+    stop_rx
+}
+
 /// The controller: every replica watches, serves the webhook, probes and metrics; the leader
 /// (or the only replica, without leader election) writes.
 async fn run(args: Args) -> Result<(), AppError> {
@@ -175,7 +186,8 @@ async fn run(args: Args) -> Result<(), AppError> {
 
     // Every replica: the index, the configuration in force, the webhook, probes and metrics.
     let index = Arc::new(SharedIndex::new(&args.kube.secret_name));
-    let watch_tasks = crate::watches::spawn(watches.clone(), index.clone(), &settings.secret_name);
+    let mut background =
+        crate::watches::spawn(watches.clone(), index.clone(), &settings.secret_name);
     let (view, source_task) = config_source::spawn(
         watches.clone(),
         SourceSettings {
@@ -186,6 +198,7 @@ async fn run(args: Args) -> Result<(), AppError> {
         },
         metrics.clone(),
     );
+    background.push(source_task);
     let webhook_cert = Arc::new(crate::webhook::server::ReloadingCert::default());
     let readiness = Arc::new(Readiness::new(
         index.clone(),
@@ -193,12 +206,7 @@ async fn run(args: Args) -> Result<(), AppError> {
         webhook_cert.clone(),
     ));
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        termination().await;
-        tracing::info!("terminating");
-        let _ = stop_tx.send(true);
-    });
+    let stop_rx = stop_on_termination();
     let servers = Servers::spawn(
         &args,
         &watches,
@@ -236,10 +244,9 @@ async fn run(args: Args) -> Result<(), AppError> {
         controller::lead(shared, leadership, term, until_true(stop_rx.clone())).await
             == TermEnd::Broken
     };
-    for t in watch_tasks {
+    for t in background {
         t.abort();
     }
-    source_task.abort();
     servers.join().await;
     if broken {
         return Err(AppError::Usage(

@@ -144,19 +144,7 @@ pub fn plan(
     configured: &BTreeSet<String>,
 ) -> Migration {
     let mut m = Migration::default();
-    let mut addon: BTreeSet<(String, String)> = BTreeSet::new();
-    for s in candidates {
-        match is_addon(s, configured) {
-            Ok(()) => {
-                addon.insert((s.namespace.clone(), s.name.clone()));
-            }
-            Err(why) => m.kept.push(Kept {
-                namespace: s.namespace.clone(),
-                secret: s.name.clone(),
-                why: format!("not the add-on's: {why}"),
-            }),
-        }
-    }
+    let addon = addon_secrets(candidates, configured, &mut m.kept);
     // Who refers to each add-on Secret once the unlinks are done.
     let mut still: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for a in accounts {
@@ -199,30 +187,54 @@ pub fn plan(
                 namespace: ns,
                 name,
             }),
-            Some(by) => {
-                let mut by = by.clone();
-                by.sort();
-                by.dedup();
-                let why = if served.contains(&ns) {
-                    format!(
-                        "still referred to by {} (a ServiceAccount without this controller's reference, or a Pod created before it; replace the Pods, e.g. `kubectl rollout restart`, and run migrate again)",
-                        by.join(", ")
-                    )
-                } else {
-                    format!(
-                        "still referred to by {}, and this controller does not serve namespace {ns}",
-                        by.join(", ")
-                    )
-                };
-                m.kept.push(Kept {
-                    namespace: ns,
-                    secret: name,
-                    why,
-                });
-            }
+            Some(by) => m.kept.push(Kept {
+                why: still_referred(by, &ns, served),
+                namespace: ns,
+                secret: name,
+            }),
         }
     }
     m
+}
+
+/// The add-on's Secrets among `candidates`; the others go to `kept`, saying why they are not.
+fn addon_secrets(
+    candidates: &[CandidateSecret],
+    configured: &BTreeSet<String>,
+    kept: &mut Vec<Kept>,
+) -> BTreeSet<(String, String)> {
+    let mut addon = BTreeSet::new();
+    for s in candidates {
+        match is_addon(s, configured) {
+            Ok(()) => {
+                addon.insert((s.namespace.clone(), s.name.clone()));
+            }
+            Err(why) => kept.push(Kept {
+                namespace: s.namespace.clone(),
+                secret: s.name.clone(),
+                why: format!("not the add-on's: {why}"),
+            }),
+        }
+    }
+    addon
+}
+
+/// Why an add-on Secret in `ns` that `by` still refer to is kept.
+fn still_referred(by: &[String], ns: &str, served: &BTreeSet<String>) -> String {
+    let mut by = by.to_vec();
+    by.sort();
+    by.dedup();
+    if served.contains(ns) {
+        format!(
+            "still referred to by {} (a ServiceAccount without this controller's reference, or a Pod created before it; replace the Pods, e.g. `kubectl rollout restart`, and run migrate again)",
+            by.join(", ")
+        )
+    } else {
+        format!(
+            "still referred to by {}, and this controller does not serve namespace {ns}",
+            by.join(", ")
+        )
+    }
 }
 
 /// The `imagePullSecrets` after removing `remove` from `current`: every other entry, in order.

@@ -154,7 +154,6 @@ async fn read_index(client: &Client, secret_name: &str) -> Result<crate::index::
 
 /// `status`: every selected namespace, served or not and why (see [`crate::status`]).
 pub(super) async fn status(args: &Args, output: PlanOutput) -> Result<i32, AppError> {
-    use crate::kube_errors::without_message;
     use crate::status::StatusReport;
     use k8s_openapi::api::core::v1::ConfigMap;
     let client = client(&kube_config().await?, "status", None)?;
@@ -182,8 +181,29 @@ pub(super) async fn status(args: &Args, output: PlanOutput) -> Result<i32, AppEr
     };
     let index = read_index(&client, &k.secret_name).await?;
     let mut notes = Vec::new();
-    let key = match Api::<Secret>::namespaced(client.clone(), &k.config_namespace)
-        .get_opt(&k.state_secret)
+    let key = digest_key(&client, &k.config_namespace, &k.state_secret, &mut notes).await;
+    let warnings = last_warnings(&client, &mut notes).await;
+    let report = StatusReport::build(&index, &cfg, key.as_ref(), &warnings, notes);
+    match output {
+        PlanOutput::Text => print!("{}", report.text()),
+        PlanOutput::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        ),
+    }
+    Ok(if report.healthy() { 0 } else { 1 })
+}
+
+/// The digest key from the state Secret, which tells edited Secrets apart (`None` when it
+/// cannot be read: a note says why).
+async fn digest_key(
+    client: &Client,
+    namespace: &str,
+    state_secret: &str,
+    notes: &mut Vec<String>,
+) -> Option<crate::record::DigestKey> {
+    match Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(state_secret)
         .await
     {
         Ok(Some(s)) => s
@@ -194,62 +214,63 @@ pub(super) async fn status(args: &Args, output: PlanOutput) -> Result<i32, AppEr
         Err(e) => {
             notes.push(format!(
                 "the state Secret cannot be read ({}): edited Secrets are not told apart",
-                without_message(&e)
+                crate::kube_errors::without_message(&e)
             ));
             None
         }
-    };
+    }
+}
+
+/// The last Warning Event this controller reported about each namespace (or an object in it).
+async fn last_warnings(
+    client: &Client,
+    notes: &mut Vec<String>,
+) -> std::collections::BTreeMap<String, String> {
     let mut warnings = std::collections::BTreeMap::new();
     let events = Api::<k8s_openapi::api::events::v1::Event>::all(client.clone());
-    match events
+    let list = match events
         .list(&kube::api::ListParams::default().fields("type=Warning"))
         .await
     {
-        Ok(list) => {
-            let mut items: Vec<_> = list
-                .items
-                .into_iter()
-                .filter(|e| e.reporting_controller.as_deref() == Some(REPORTER))
-                .collect();
-            items.sort_by_key(|e| {
-                e.event_time
-                    .as_ref()
-                    .map(|t| t.0)
-                    .or(e.deprecated_last_timestamp.as_ref().map(|t| t.0))
-            });
-            for e in items {
-                let Some(r) = &e.regarding else { continue };
-                let ns = if r.kind.as_deref() == Some("Namespace") {
-                    r.name.clone()
-                } else {
-                    r.namespace.clone()
-                };
-                if let Some(ns) = ns {
-                    let text = format!(
-                        "{} on {} {}: {}",
-                        e.reason.unwrap_or_default(),
-                        r.kind.clone().unwrap_or_default(),
-                        r.name.clone().unwrap_or_default(),
-                        e.note.unwrap_or_default()
-                    );
-                    warnings.insert(ns, text);
-                }
-            }
+        Ok(list) => list,
+        Err(e) => {
+            notes.push(format!(
+                "Events cannot be read ({}): no last warnings",
+                crate::kube_errors::without_message(&e)
+            ));
+            return warnings;
         }
-        Err(e) => notes.push(format!(
-            "Events cannot be read ({}): no last warnings",
-            without_message(&e)
-        )),
+    };
+    let mut items: Vec<_> = list
+        .items
+        .into_iter()
+        .filter(|e| e.reporting_controller.as_deref() == Some(REPORTER))
+        .collect();
+    items.sort_by_key(|e| {
+        e.event_time
+            .as_ref()
+            .map(|t| t.0)
+            .or(e.deprecated_last_timestamp.as_ref().map(|t| t.0))
+    });
+    for e in items {
+        let Some(r) = &e.regarding else { continue };
+        let ns = if r.kind.as_deref() == Some("Namespace") {
+            r.name.clone()
+        } else {
+            r.namespace.clone()
+        };
+        if let Some(ns) = ns {
+            let text = format!(
+                "{} on {} {}: {}",
+                e.reason.unwrap_or_default(),
+                r.kind.clone().unwrap_or_default(),
+                r.name.clone().unwrap_or_default(),
+                e.note.unwrap_or_default()
+            );
+            warnings.insert(ns, text);
+        }
     }
-    let report = StatusReport::build(&index, &cfg, key.as_ref(), &warnings, notes);
-    match output {
-        PlanOutput::Text => print!("{}", report.text()),
-        PlanOutput::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        ),
-    }
-    Ok(if report.healthy() { 0 } else { 1 })
+    warnings
 }
 
 /// `migrate`: from ACK's add-on (see [`crate::migrate`]).

@@ -121,14 +121,50 @@ pub(super) fn parse(
     i: usize,
     errors: &mut Errors,
 ) -> Option<Scope> {
-    const KEY: &str = KEY_REGISTRY_INFO;
-    let mut ok = true;
-    let names = |field: &'static str,
-                 valid: fn(&str) -> bool,
-                 what: &str,
-                 all: Option<&str>,
-                 errors: &mut Errors|
-     -> Option<Option<Selection>> {
+    const NAMESPACES: NameField = NameField {
+        field: "namespaces",
+        valid: is_dns_label,
+        what: "namespace name",
+        all: None,
+    };
+    const SERVICE_ACCOUNTS: NameField = NameField {
+        field: "serviceAccounts",
+        valid: is_dns_subdomain,
+        what: "ServiceAccount name",
+        all: Some("*"),
+    };
+    // Each field reports its own error; all three are read so that one edit shows every mistake.
+    let namespaces = NAMESPACES.parse(map, i, errors);
+    let service_accounts = SERVICE_ACCOUNTS.parse(map, i, errors);
+    let namespace_selector = namespace_selector(map, i, errors);
+    Some(Scope {
+        namespaces: match namespaces? {
+            Some(Selection::Names(n)) => Some(n),
+            _ => None,
+        },
+        namespace_selector: namespace_selector?,
+        service_accounts: service_accounts?,
+    })
+}
+
+/// A field of an item that names namespaces or ServiceAccounts.
+struct NameField {
+    field: &'static str,
+    valid: fn(&str) -> bool,
+    what: &'static str,
+    /// The word that selects every name (`*`), where the field has one.
+    all: Option<&'static str>,
+}
+
+impl NameField {
+    /// `Some(None)` when the field is absent, `None` when it is wrong (reported in `errors`).
+    fn parse(
+        &self,
+        map: &serde_json::Map<String, Value>,
+        i: usize,
+        errors: &mut Errors,
+    ) -> Option<Option<Selection>> {
+        let (field, what) = (self.field, self.what);
         let items: Vec<String> = match map.get(field) {
             None | Some(Value::Null) => return Some(None),
             Some(Value::String(s)) => s.split(',').map(|x| x.trim().to_owned()).collect(),
@@ -137,7 +173,7 @@ pub(super) fn parse(
             }
             Some(_) => {
                 errors.push(
-                    KEY,
+                    KEY_REGISTRY_INFO,
                     Some(i),
                     Some(field),
                     format!("a comma-separated string or a YAML list of {what}s"),
@@ -147,12 +183,12 @@ pub(super) fn parse(
         };
         let mut set = BTreeSet::new();
         for item in items.iter().filter(|x| !x.is_empty()) {
-            if all.is_some_and(|a| item.eq_ignore_ascii_case(a)) {
+            if self.all.is_some_and(|a| item.eq_ignore_ascii_case(a)) {
                 return Some(Some(Selection::All));
             }
-            if !valid(item) {
+            if !(self.valid)(item) {
                 errors.push(
-                    KEY,
+                    KEY_REGISTRY_INFO,
                     Some(i),
                     Some(field),
                     format!("{what}s; {} is not one", shown(item)),
@@ -163,7 +199,7 @@ pub(super) fn parse(
         }
         if set.is_empty() {
             errors.push(
-                KEY,
+                KEY_REGISTRY_INFO,
                 Some(i),
                 Some(field),
                 format!("at least one {what} (remove the field to serve every one)"),
@@ -171,60 +207,41 @@ pub(super) fn parse(
             return None;
         }
         Some(Some(Selection::Names(set)))
-    };
-    let namespaces = match names("namespaces", is_dns_label, "namespace name", None, errors) {
-        Some(Some(Selection::Names(n))) => Some(n),
-        Some(_) => None,
-        None => {
-            ok = false;
-            None
-        }
-    };
-    let service_accounts = match names(
-        "serviceAccounts",
-        is_dns_subdomain,
-        "ServiceAccount name",
-        Some("*"),
-        errors,
-    ) {
-        Some(s) => s,
-        None => {
-            ok = false;
-            None
-        }
-    };
-    let namespace_selector = match map.get("namespaceSelector") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.trim().is_empty() => None,
+    }
+}
+
+/// `namespaceSelector`: `Some(None)` when absent or blank, `None` when wrong (reported).
+fn namespace_selector(
+    map: &serde_json::Map<String, Value>,
+    i: usize,
+    errors: &mut Errors,
+) -> Option<Option<LabelSelector>> {
+    const FIELD: Option<&str> = Some("namespaceSelector");
+    match map.get("namespaceSelector") {
+        None | Some(Value::Null) => Some(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Some(None),
         Some(Value::String(s)) => match selector::parse(s.trim()) {
-            Ok(sel) => Some(sel),
+            Ok(sel) => Some(Some(sel)),
             Err(e) => {
                 errors.push(
-                    KEY,
+                    KEY_REGISTRY_INFO,
                     Some(i),
-                    Some("namespaceSelector"),
+                    FIELD,
                     format!("a label selector such as `team=a,env in (prod)`: {e}"),
                 );
-                ok = false;
                 None
             }
         },
         Some(_) => {
             errors.push(
-                KEY,
+                KEY_REGISTRY_INFO,
                 Some(i),
-                Some("namespaceSelector"),
+                FIELD,
                 "a label selector string such as `team=a`",
             );
-            ok = false;
             None
         }
-    };
-    ok.then_some(Scope {
-        namespaces,
-        namespace_selector,
-        service_accounts,
-    })
+    }
 }
 
 #[cfg(test)]

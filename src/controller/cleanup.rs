@@ -140,13 +140,25 @@ async fn remove_everything(
     writer: &Writer,
     s: &CleanupSettings,
 ) -> Result<Report, Error> {
-    let mut report = Report {
-        webhook: registration::remove(writer, &s.webhook_configuration)
-            .await
-            .map_err(|e| Error::Registration(e.to_string()))?,
-        ..Report::default()
-    };
+    let webhook = registration::remove(writer, &s.webhook_configuration)
+        .await
+        .map_err(|e| Error::Registration(e.to_string()))?;
+    let references = remove_references(client, writer, s).await?;
+    let secrets = delete_pull_secrets(client, writer, s).await?;
+    delete_own_secrets(client, writer, s).await?;
+    Ok(Report {
+        webhook,
+        references,
+        secrets,
+    })
+}
 
+/// Removes this controller's reference from every ServiceAccount; how many were patched.
+async fn remove_references(
+    client: &Client,
+    writer: &Writer,
+    s: &CleanupSettings,
+) -> Result<usize, Error> {
     // ServiceAccounts are listed trimmed, a small page at a time: a tenant's megabyte
     // annotations never reach this process's memory (the hook Job has the controller's limit).
     let mut referencing: Vec<(String, String, SaState)> = Vec::new();
@@ -178,8 +190,15 @@ async fn remove_everything(
         .buffer_unordered(CONCURRENCY)
         .try_collect()
         .await?;
-    report.references = removed.into_iter().filter(|r| *r).count();
+    Ok(removed.into_iter().filter(|r| *r).count())
+}
 
+/// Deletes every pull Secret this controller manages; how many were deleted.
+async fn delete_pull_secrets(
+    client: &Client,
+    writer: &Writer,
+    s: &CleanupSettings,
+) -> Result<usize, Error> {
     let secrets = Api::<Secret>::all(client.clone())
         .list(&ListParams::default().fields(&format!("metadata.name={}", s.secret_name)))
         .await
@@ -199,8 +218,15 @@ async fn remove_everything(
     .buffer_unordered(CONCURRENCY)
     .try_collect()
     .await?;
-    report.secrets = deleted.into_iter().filter(|d| *d).count();
+    Ok(deleted.into_iter().filter(|d| *d).count())
+}
 
+/// Deletes the controller's own Secrets in its namespace (webhook TLS, last configuration, state).
+async fn delete_own_secrets(
+    client: &Client,
+    writer: &Writer,
+    s: &CleanupSettings,
+) -> Result<(), Error> {
     let own = Api::<Secret>::namespaced(client.clone(), &s.config_namespace);
     for name in [
         &s.webhook_tls_secret,
@@ -217,5 +243,5 @@ async fn remove_everything(
                 .await?;
         }
     }
-    Ok(report)
+    Ok(())
 }

@@ -236,48 +236,14 @@ pub async fn lead(
     term_number: u64,
     stop: impl Future<Output = ()>,
 ) -> TermEnd {
-    let (content_tx, content_rx) = watch::channel(None);
-    let events = Events::new(
-        shared.client.clone(),
-        shared.reporter.clone(),
-        leadership.clone(),
-        term_number,
-    );
-    let term = Arc::new(Term {
-        writer: Writer::new(
-            shared.client.clone(),
-            leadership.clone(),
-            term_number,
-            shared.metrics.clone(),
-        ),
-        events: events.clone(),
-        content: content_rx.clone(),
-        queue: WorkQueue::default(),
-        failures: Mutex::default(),
-        blocked: Mutex::default(),
-        shared: shared.clone(),
-    });
     tracing::info!(term = term_number, "leading");
     shared.readiness.leading.store(true, Ordering::Relaxed);
     shared.metrics.leader.set(1);
-    let refresher = Refresher {
-        registry: shared.registry.clone(),
-        metrics: shared.metrics.clone(),
-        events,
-        index: shared.index.clone(),
-        refresh_rate: shared.settings.refresh_rate,
-        writer: term.writer.clone(),
-        state_namespace: shared.settings.config_namespace.clone(),
-        state_secret: shared.settings.state_secret.clone(),
-    };
-    let view_rx = shared.view.clone();
-    let mut tasks = vec![tokio::spawn(async move {
-        refresher.run(view_rx, content_tx).await
-    })];
-    tasks.push(tokio::spawn(term.clone().configuration_duties()));
-    for _ in 0..shared.settings.workers.max(1) {
-        tasks.push(tokio::spawn(term.clone().work()));
-    }
+    let Started {
+        term,
+        content: content_rx,
+        tasks,
+    } = start_term(&shared, &leadership, term_number);
     let mut view = shared.view.clone();
     let mut content = content_rx;
     // Everything is looked at once now; what changed before is part of that.
@@ -319,4 +285,59 @@ pub async fn lead(
     shared.readiness.content_ok.store(false, Ordering::Relaxed);
     tracing::info!(term = term_number, reason = ?end, "term ended");
     end
+}
+
+/// A term just begun: its state, the refresher's content as it publishes it, and its tasks.
+struct Started {
+    term: Arc<Term>,
+    content: watch::Receiver<Option<Arc<Content>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The term's state and its tasks: the refresher, the configuration duties and the workers.
+fn start_term(shared: &Arc<Shared>, leadership: &Leadership, term_number: u64) -> Started {
+    let (content_tx, content_rx) = watch::channel(None);
+    let events = Events::new(
+        shared.client.clone(),
+        shared.reporter.clone(),
+        leadership.clone(),
+        term_number,
+    );
+    let term = Arc::new(Term {
+        writer: Writer::new(
+            shared.client.clone(),
+            leadership.clone(),
+            term_number,
+            shared.metrics.clone(),
+        ),
+        events: events.clone(),
+        content: content_rx.clone(),
+        queue: WorkQueue::default(),
+        failures: Mutex::default(),
+        blocked: Mutex::default(),
+        shared: shared.clone(),
+    });
+    let refresher = Refresher {
+        registry: shared.registry.clone(),
+        metrics: shared.metrics.clone(),
+        events,
+        index: shared.index.clone(),
+        refresh_rate: shared.settings.refresh_rate,
+        writer: term.writer.clone(),
+        state_namespace: shared.settings.config_namespace.clone(),
+        state_secret: shared.settings.state_secret.clone(),
+    };
+    let view_rx = shared.view.clone();
+    let mut tasks = vec![tokio::spawn(async move {
+        refresher.run(view_rx, content_tx).await
+    })];
+    tasks.push(tokio::spawn(term.clone().configuration_duties()));
+    for _ in 0..shared.settings.workers.max(1) {
+        tasks.push(tokio::spawn(term.clone().work()));
+    }
+    Started {
+        term,
+        content: content_rx,
+        tasks,
+    }
 }

@@ -223,82 +223,15 @@ fn webhook_configuration(
 ) -> MutatingWebhookConfiguration {
     let webhook = &registration.webhook;
     let mut webhooks = Vec::new();
-    let Some(ca_cert) = ca_cert else {
-        return serde_json::from_value(serde_json::json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": settings.configuration_name},
-            "webhooks": webhooks,
-        }))
-        .unwrap_or_default();
-    };
-    if webhook.enable {
-        webhooks.push(serde_json::json!({
-            "name": WEBHOOK_NAME,
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": webhook.failure_policy.as_str(),
-            "timeoutSeconds": webhook.timeout_seconds,
-            "matchPolicy": "Equivalent",
-            "reinvocationPolicy": "Never",
-            // Never the controller's own namespace: with `failure-policy: Fail` an unreachable
-            // webhook could otherwise block the ServiceAccounts of its own pods.
-            "namespaceSelector": {"matchExpressions": [{
-                "key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [namespace],
-            }]},
-            "objectSelector": {},
-            "rules": [{
-                "apiGroups": [""],
-                "apiVersions": ["v1"],
-                "operations": ["CREATE"],
-                "resources": ["serviceaccounts"],
-                "scope": "Namespaced",
-            }],
-            "clientConfig": client_config(settings, namespace, SERVICE_ACCOUNT_PATH, ca_cert),
-        }));
-    }
-    if webhook.pod_injection {
-        // The API server does not call it at all for the controller's own namespace, excluded
-        // namespaces, namespaces that opted out, mirror Pods and Pods that already have the
-        // reference. The name list is sorted, so an equal configuration is an equal object.
-        let mut skipped: Vec<&str> = registration.excluded.iter().map(String::as_str).collect();
-        skipped.push(namespace);
-        skipped.sort_unstable();
-        skipped.dedup();
-        let has_ours = format!(
-            "!has(object.spec.imagePullSecrets) || !object.spec.imagePullSecrets.exists(s, has(s.name) && s.name == '{}')",
-            registration.secret_name
-        );
-        webhooks.push(serde_json::json!({
-            "name": POD_WEBHOOK_NAME,
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": webhook.pod_failure_policy.as_str(),
-            "timeoutSeconds": webhook.pod_timeout_seconds,
-            "matchPolicy": "Equivalent",
-            // Another webhook that adds or replaces imagePullSecrets after ours runs again.
-            "reinvocationPolicy": "IfNeeded",
-            "namespaceSelector": {"matchExpressions": [
-                {"key": config::NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": skipped},
-                {"key": config::OPT_LABEL, "operator": "NotIn", "values": ["false"]},
-            ]},
-            "objectSelector": {},
-            "matchConditions": [
-                {"name": "not-a-mirror-pod", "expression": format!(
-                    "!has(object.metadata.annotations) || !('{}' in object.metadata.annotations)",
-                    crate::webhook::MIRROR_ANNOTATION
-                )},
-                {"name": "lacks-the-reference", "expression": has_ours},
-            ],
-            "rules": [{
-                "apiGroups": [""],
-                "apiVersions": ["v1"],
-                "operations": ["CREATE"],
-                "resources": ["pods"],
-                "scope": "Namespaced",
-            }],
-            "clientConfig": client_config(settings, namespace, POD_PATH, ca_cert),
-        }));
+    if let Some(ca_cert) = ca_cert {
+        if webhook.enable {
+            webhooks.push(service_account_webhook(
+                settings, namespace, webhook, ca_cert,
+            ));
+        }
+        if webhook.pod_injection {
+            webhooks.push(pod_webhook(settings, namespace, registration, ca_cert));
+        }
     }
     // No labels: the object's metadata is the chart's (Helm labels it), only `webhooks` is ours.
     let value = serde_json::json!({
@@ -308,6 +241,89 @@ fn webhook_configuration(
         "webhooks": webhooks,
     });
     serde_json::from_value(value).unwrap_or_default()
+}
+
+/// The webhook that adds the reference to a new ServiceAccount.
+fn service_account_webhook(
+    settings: &WebhookSettings,
+    namespace: &str,
+    webhook: &config::WebhookConfig,
+    ca_cert: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "name": WEBHOOK_NAME,
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "None",
+        "failurePolicy": webhook.failure_policy.as_str(),
+        "timeoutSeconds": webhook.timeout_seconds,
+        "matchPolicy": "Equivalent",
+        "reinvocationPolicy": "Never",
+        // Never the controller's own namespace: with `failure-policy: Fail` an unreachable
+        // webhook could otherwise block the ServiceAccounts of its own pods.
+        "namespaceSelector": {"matchExpressions": [{
+            "key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [namespace],
+        }]},
+        "objectSelector": {},
+        "rules": [{
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE"],
+            "resources": ["serviceaccounts"],
+            "scope": "Namespaced",
+        }],
+        "clientConfig": client_config(settings, namespace, SERVICE_ACCOUNT_PATH, ca_cert),
+    })
+}
+
+/// The webhook that adds the reference to a new Pod.
+fn pod_webhook(
+    settings: &WebhookSettings,
+    namespace: &str,
+    registration: &Registration,
+    ca_cert: &str,
+) -> serde_json::Value {
+    let webhook = &registration.webhook;
+    // The API server does not call it at all for the controller's own namespace, excluded
+    // namespaces, namespaces that opted out, mirror Pods and Pods that already have the
+    // reference. The name list is sorted, so an equal configuration is an equal object.
+    let mut skipped: Vec<&str> = registration.excluded.iter().map(String::as_str).collect();
+    skipped.push(namespace);
+    skipped.sort_unstable();
+    skipped.dedup();
+    let has_ours = format!(
+        "!has(object.spec.imagePullSecrets) || !object.spec.imagePullSecrets.exists(s, has(s.name) && s.name == '{}')",
+        registration.secret_name
+    );
+    serde_json::json!({
+        "name": POD_WEBHOOK_NAME,
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "None",
+        "failurePolicy": webhook.pod_failure_policy.as_str(),
+        "timeoutSeconds": webhook.pod_timeout_seconds,
+        "matchPolicy": "Equivalent",
+        // Another webhook that adds or replaces imagePullSecrets after ours runs again.
+        "reinvocationPolicy": "IfNeeded",
+        "namespaceSelector": {"matchExpressions": [
+            {"key": config::NAMESPACE_NAME_LABEL, "operator": "NotIn", "values": skipped},
+            {"key": config::OPT_LABEL, "operator": "NotIn", "values": ["false"]},
+        ]},
+        "objectSelector": {},
+        "matchConditions": [
+            {"name": "not-a-mirror-pod", "expression": format!(
+                "!has(object.metadata.annotations) || !('{}' in object.metadata.annotations)",
+                crate::webhook::MIRROR_ANNOTATION
+            )},
+            {"name": "lacks-the-reference", "expression": has_ours},
+        ],
+        "rules": [{
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }],
+        "clientConfig": client_config(settings, namespace, POD_PATH, ca_cert),
+    })
 }
 
 fn base64_encode(s: &str) -> String {

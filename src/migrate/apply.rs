@@ -61,7 +61,23 @@ fn domains_of(secret: &Secret) -> Option<Vec<String>> {
 
 /// Reads what the plan needs and makes it.
 pub async fn read_and_plan(client: &Client, t: &Target) -> Result<Migration, MigrateError> {
-    // The configured instances' own domains count as ACR domains (custom domains).
+    let configured = configured_domains(client, t).await?;
+    let candidates = candidate_secrets(client).await?;
+    let served = served_namespaces(client, &t.secret_name).await?;
+    let accounts = service_accounts(client).await?;
+    let pod_refs = pod_references(client).await?;
+    Ok(plan(
+        &candidates,
+        &accounts,
+        &pod_refs,
+        &t.secret_name,
+        &served,
+        &configured,
+    ))
+}
+
+/// The configured instances' own domains: they count as ACR domains (custom domains).
+async fn configured_domains(client: &Client, t: &Target) -> Result<BTreeSet<String>, MigrateError> {
     let cm = Api::<ConfigMap>::namespaced(client.clone(), &t.config_namespace)
         .get_opt(&t.config_name)
         .await
@@ -72,7 +88,7 @@ pub async fn read_and_plan(client: &Client, t: &Target) -> Result<Migration, Mig
                 &e,
             )
         })?;
-    let configured: BTreeSet<String> = cm
+    Ok(cm
         .and_then(|cm| cm.data)
         .and_then(|d| {
             crate::config::parse(&d, Some(t.region.as_deref().unwrap_or("cn-hangzhou"))).ok()
@@ -84,7 +100,11 @@ pub async fn read_and_plan(client: &Client, t: &Target) -> Result<Migration, Mig
                 .flat_map(|i| i.domains.iter().cloned())
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default())
+}
+
+/// Every Secret named like the add-on's (`acr-credential-*`), with the domains it holds logins for.
+async fn candidate_secrets(client: &Client) -> Result<Vec<CandidateSecret>, MigrateError> {
     let mut candidates = Vec::new();
     list_pages(
         &Api::<Secret>::all(client.clone()),
@@ -105,8 +125,16 @@ pub async fn read_and_plan(client: &Client, t: &Target) -> Result<Migration, Mig
     )
     .await
     .map_err(|e| error("list", "Secrets", &e))?;
+    Ok(candidates)
+}
+
+/// The namespaces where this controller's own Secret (`secret_name`, managed by us) exists.
+async fn served_namespaces(
+    client: &Client,
+    secret_name: &str,
+) -> Result<BTreeSet<String>, MigrateError> {
     let mut served = BTreeSet::new();
-    let ours = ListParams::default().fields(&format!("metadata.name={}", t.secret_name));
+    let ours = ListParams::default().fields(&format!("metadata.name={secret_name}"));
     list_pages(&Api::<Secret>::all(client.clone()), ours, PAGE, |page| {
         served.extend(
             page.into_iter()
@@ -116,6 +144,11 @@ pub async fn read_and_plan(client: &Client, t: &Target) -> Result<Migration, Mig
     })
     .await
     .map_err(|e| error("list", "Secrets", &e))?;
+    Ok(served)
+}
+
+/// Every ServiceAccount's pull-Secret references.
+async fn service_accounts(client: &Client) -> Result<Vec<Account>, MigrateError> {
     let mut accounts = Vec::new();
     list_pages(
         &Api::<ServiceAccountView>::all(client.clone()),
@@ -131,6 +164,11 @@ pub async fn read_and_plan(client: &Client, t: &Target) -> Result<Migration, Mig
     )
     .await
     .map_err(|e| error("list", "ServiceAccounts", &e))?;
+    Ok(accounts)
+}
+
+/// Every (namespace, Secret) a Pod names in `imagePullSecrets`: those Secrets stay.
+async fn pod_references(client: &Client) -> Result<BTreeSet<(String, String)>, MigrateError> {
     let mut pod_refs = BTreeSet::new();
     list_pages(
         &Api::<Pod>::all(client.clone()),
@@ -151,14 +189,7 @@ pub async fn read_and_plan(client: &Client, t: &Target) -> Result<Migration, Mig
     )
     .await
     .map_err(|e| error("list", "Pods", &e))?;
-    Ok(plan(
-        &candidates,
-        &accounts,
-        &pod_refs,
-        &t.secret_name,
-        &served,
-        &configured,
-    ))
+    Ok(pod_refs)
 }
 
 /// Removes `remove` from ServiceAccount `ns/name`, keeping every other entry in order, while

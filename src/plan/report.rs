@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{Desired, SecretStep, plan_namespace};
 use crate::config::{Config, WebhookConfig};
-use crate::index::Index;
+use crate::index::{Index, NsState};
 
 /// One webhook of a MutatingWebhookConfiguration, as far as `plan` compares them.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -116,37 +116,8 @@ impl PlanReport {
         let mut names: Vec<_> = index.namespaces().collect();
         names.sort_by(|a, b| a.0.cmp(b.0));
         for (name, state) in names {
-            let plan = plan_namespace(name, state, cfg, Desired::Assumed);
-            let instances = cfg.labels_of(plan.instances);
-            // With the logins assumed, a Secret of ours is only known to change when it is to
-            // hold the logins of other instances (scoping).
-            let regroup = plan.secret == SecretStep::Keep
-                && !instances.is_empty()
-                && state.secret.as_ref().is_some_and(|s| {
-                    !s.is_foreign() && s.instances.as_deref() != Some(instances.join(",").as_str())
-                });
-            let secret = match plan.secret {
-                SecretStep::Create => Some("create"),
-                SecretStep::Delete => Some("delete"),
-                SecretStep::Update => Some("update"),
-                SecretStep::Blocked => Some("blocked"),
-                SecretStep::Keep if regroup => Some("update"),
-                SecretStep::Keep => None,
-            };
-            let (add, remove): (Vec<_>, Vec<_>) = plan.references.iter().partition(|r| r.add);
-            let names = |v: Vec<&super::ReferenceStep>| -> Vec<String> {
-                let set: BTreeSet<String> =
-                    v.iter().map(|r| r.service_account.to_string()).collect();
-                set.into_iter().collect()
-            };
-            let change = NamespaceChange {
-                namespace: name.to_string(),
-                secret,
-                add_reference: names(add),
-                remove_reference: names(remove),
-                instances: (cfg.scoped() && !instances.is_empty()).then_some(instances),
-            };
-            match plan.secret {
+            let (step, change) = namespace_change(name, state, cfg);
+            match step {
                 SecretStep::Create => summary.gain_secret += 1,
                 SecretStep::Delete => summary.lose_secret += 1,
                 SecretStep::Blocked => summary.blocked += 1,
@@ -161,28 +132,12 @@ impl PlanReport {
                 namespaces.push(change);
             }
         }
-        let mut desired = desired_webhooks(&cfg.webhook);
-        desired.sort();
-        let action = match &current_webhooks {
-            None if desired.is_empty() => "unchanged",
-            None => "register",
-            Some(_) if desired.is_empty() => "remove",
-            Some(c) => {
-                let mut c = c.clone();
-                c.sort();
-                if c == desired { "unchanged" } else { "update" }
-            }
-        };
         PlanReport {
             accepted: true,
             errors: Vec::new(),
             warnings,
             namespaces,
-            webhook: Some(WebhookChange {
-                action,
-                current: current_webhooks.unwrap_or_default(),
-                desired,
-            }),
+            webhook: Some(webhook_change(&cfg.webhook, current_webhooks)),
             summary,
         }
     }
@@ -259,6 +214,61 @@ impl PlanReport {
             self.webhook.as_ref().map_or("unchanged", |w| w.action),
         ));
         out
+    }
+}
+
+/// The plan's step for the Secret of namespace `name` and what `plan` shows of it.
+fn namespace_change(name: &str, state: &NsState, cfg: &Config) -> (SecretStep, NamespaceChange) {
+    let plan = plan_namespace(name, state, cfg, Desired::Assumed);
+    let instances = cfg.labels_of(plan.instances);
+    // With the logins assumed, a Secret of ours is only known to change when it is to
+    // hold the logins of other instances (scoping).
+    let regroup = plan.secret == SecretStep::Keep
+        && !instances.is_empty()
+        && state.secret.as_ref().is_some_and(|s| {
+            !s.is_foreign() && s.instances.as_deref() != Some(instances.join(",").as_str())
+        });
+    let secret = match plan.secret {
+        SecretStep::Create => Some("create"),
+        SecretStep::Delete => Some("delete"),
+        SecretStep::Update => Some("update"),
+        SecretStep::Blocked => Some("blocked"),
+        SecretStep::Keep if regroup => Some("update"),
+        SecretStep::Keep => None,
+    };
+    let (add, remove): (Vec<_>, Vec<_>) = plan.references.iter().partition(|r| r.add);
+    let names = |v: Vec<&super::ReferenceStep>| -> Vec<String> {
+        let set: BTreeSet<String> = v.iter().map(|r| r.service_account.to_string()).collect();
+        set.into_iter().collect()
+    };
+    let change = NamespaceChange {
+        namespace: name.to_string(),
+        secret,
+        add_reference: names(add),
+        remove_reference: names(remove),
+        instances: (cfg.scoped() && !instances.is_empty()).then_some(instances),
+    };
+    (plan.secret, change)
+}
+
+/// What changes in the registration, from `current` (`None`: no MutatingWebhookConfiguration).
+fn webhook_change(webhook: &WebhookConfig, current: Option<Vec<WebhookSummary>>) -> WebhookChange {
+    let mut desired = desired_webhooks(webhook);
+    desired.sort();
+    let action = match &current {
+        None if desired.is_empty() => "unchanged",
+        None => "register",
+        Some(_) if desired.is_empty() => "remove",
+        Some(c) => {
+            let mut c = c.clone();
+            c.sort();
+            if c == desired { "unchanged" } else { "update" }
+        }
+    };
+    WebhookChange {
+        action,
+        current: current.unwrap_or_default(),
+        desired,
     }
 }
 

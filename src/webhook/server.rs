@@ -176,6 +176,27 @@ async fn whole_request_deadline(
     }
 }
 
+/// HTTP/1 and HTTP/2 with every client-side limit: header read time and count, pings, streams,
+/// header list size, and resets.
+fn connection_builder(client_timeout: Duration) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(client_timeout)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(client_timeout)
+        .keep_alive_timeout(client_timeout)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .max_pending_accept_reset_streams(Some(32))
+        .max_local_error_reset_streams(Some(256));
+    builder
+}
+
 /// Serves `router` over TLS on `addr` until `shutdown` resolves. No client can hold the webhook:
 /// the TLS handshake, each request's headers and each whole request (body included) have
 /// `limits.client_timeout`; bodies are capped at [`MAX_BODY_BYTES`]; one peer address holds at
@@ -204,22 +225,7 @@ pub async fn serve(
             whole_request_deadline,
         ));
     let peers = Arc::new(Peers::default());
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(client_timeout)
-        .max_headers(MAX_HEADERS);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(client_timeout)
-        .keep_alive_timeout(client_timeout)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(MAX_HEADER_LIST_BYTES)
-        .max_pending_accept_reset_streams(Some(32))
-        .max_local_error_reset_streams(Some(256));
-    let builder = Arc::new(builder);
+    let builder = Arc::new(connection_builder(client_timeout));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
