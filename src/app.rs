@@ -164,6 +164,36 @@ fn stop_on_termination() -> watch::Receiver<bool> {
     stop_rx
 }
 
+/// What every replica watches: the index of the cluster and the configuration in force, kept
+/// up to date by `tasks`.
+struct Watching {
+    index: Arc<SharedIndex>,
+    view: watch::Receiver<Arc<config_source::ConfigView>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn watch_cluster(
+    watches: &Client,
+    settings: &Settings,
+    region: Option<String>,
+    metrics: &Arc<Metrics>,
+) -> Watching {
+    let index = Arc::new(SharedIndex::new(&settings.secret_name));
+    let mut tasks = crate::watches::spawn(watches.clone(), index.clone(), &settings.secret_name);
+    let (view, source_task) = config_source::spawn(
+        watches.clone(),
+        SourceSettings {
+            namespace: settings.config_namespace.clone(),
+            configmap: settings.config_name.clone(),
+            last_config_secret: settings.last_config_secret.clone(),
+            region,
+        },
+        metrics.clone(),
+    );
+    tasks.push(source_task);
+    Watching { index, view, tasks }
+}
+
 /// The controller: every replica watches, serves the webhook, probes and metrics; the leader
 /// (or the only replica, without leader election) writes.
 async fn run(args: Args) -> Result<(), AppError> {
@@ -185,20 +215,11 @@ async fn run(args: Args) -> Result<(), AppError> {
     let settings = settings(&args);
 
     // Every replica: the index, the configuration in force, the webhook, probes and metrics.
-    let index = Arc::new(SharedIndex::new(&args.kube.secret_name));
-    let mut background =
-        crate::watches::spawn(watches.clone(), index.clone(), &settings.secret_name);
-    let (view, source_task) = config_source::spawn(
-        watches.clone(),
-        SourceSettings {
-            namespace: settings.config_namespace.clone(),
-            configmap: settings.config_name.clone(),
-            last_config_secret: settings.last_config_secret.clone(),
-            region,
-        },
-        metrics.clone(),
-    );
-    background.push(source_task);
+    let Watching {
+        index,
+        view,
+        tasks: background,
+    } = watch_cluster(&watches, &settings, region, &metrics);
     let webhook_cert = Arc::new(crate::webhook::server::ReloadingCert::default());
     let readiness = Arc::new(Readiness::new(
         index.clone(),
