@@ -83,6 +83,22 @@ async fn expect(server: &mut Server, method: &str, path: &str, code: u16, body: 
     sent
 }
 
+/// `call` once it has finished. A writer that sent a request the test does not answer would wait
+/// forever: it fails the test after 5 s instead.
+async fn finish<T>(call: tokio::task::JoinHandle<T>) -> T {
+    within(call).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `f`'s output, or a failed test if it takes over 5 s (the writer waits for an answer to a
+/// request the test did not expect).
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(std::time::Duration::from_secs(5), f)
+        .await
+        .unwrap_or_else(|_| {
+            panic!("the writer is still waiting: it sent a request the test did not expect")
+        })
+}
+
 /// Asserts that nothing more was sent.
 fn nothing_more(server: &mut Server) {
     use futures::FutureExt as _;
@@ -126,7 +142,7 @@ async fn a_missing_secret_is_created_with_our_label() {
         body["metadata"]["labels"][MANAGED_BY_LABEL],
         MANAGED_BY_VALUE
     );
-    let r = call.await.unwrap_or_else(|e| panic!("{e}"));
+    let r = finish(call).await;
     assert!(r.is_ok(), "{r:?}");
     nothing_more(&mut server);
 }
@@ -139,7 +155,7 @@ async fn an_update_carries_the_resource_version_it_was_decided_on() {
     assert_eq!(body["metadata"]["resourceVersion"], "41");
     assert_eq!(body["data"]["$patch"], "replace", "data is replaced whole");
     assert!(body["data"][DOCKER_CONFIG_KEY].is_string());
-    assert!(call.await.unwrap_or_else(|e| panic!("{e}")).is_ok());
+    assert!(finish(call).await.is_ok());
     nothing_more(&mut server);
 }
 
@@ -150,7 +166,7 @@ async fn a_conflict_reads_again_and_stops_when_the_secret_already_holds_the_cont
     expect(&mut server, "PATCH", SECRET, 409, status(409, "Conflict")).await;
     // Another replica (or our own earlier write) got there first: nothing left to write.
     expect(&mut server, "GET", SECRET, 200, stored(&content(), "43")).await;
-    let r = call.await.unwrap_or_else(|e| panic!("{e}"));
+    let r = finish(call).await;
     assert_eq!(
         r.ok().and_then(|s| s.metadata.resource_version).as_deref(),
         Some("43")
@@ -168,7 +184,7 @@ async fn a_conflict_with_other_content_is_patched_again_over_the_new_version() {
     expect(&mut server, "GET", SECRET, 200, edited).await;
     let body = expect(&mut server, "PATCH", SECRET, 200, stored(&content(), "45")).await;
     assert_eq!(body["metadata"]["resourceVersion"], "44");
-    assert!(call.await.unwrap_or_else(|e| panic!("{e}")).is_ok());
+    assert!(finish(call).await.is_ok());
     nothing_more(&mut server);
 }
 
@@ -179,7 +195,7 @@ async fn a_secret_deleted_meanwhile_is_created_again() {
     expect(&mut server, "PATCH", SECRET, 404, status(404, "NotFound")).await;
     expect(&mut server, "GET", SECRET, 404, status(404, "NotFound")).await;
     expect(&mut server, "POST", SECRETS, 201, stored(&content(), "50")).await;
-    assert!(call.await.unwrap_or_else(|e| panic!("{e}")).is_ok());
+    assert!(finish(call).await.is_ok());
     nothing_more(&mut server);
 }
 
@@ -193,7 +209,7 @@ async fn forbidden_and_unavailable_are_told_apart_and_not_retried_here() {
         let (w, mut server) = writer(Leadership::always());
         let call = ensure(w, None);
         expect(&mut server, "POST", SECRETS, code, status(code, reason)).await;
-        let r = call.await.unwrap_or_else(|e| panic!("{e}"));
+        let r = finish(call).await;
         match r {
             Err(e @ Error::Kube { category: got, .. }) => {
                 assert_eq!(got, category, "{code}");
@@ -215,9 +231,7 @@ async fn forbidden_and_unavailable_are_told_apart_and_not_retried_here() {
 async fn a_foreign_secret_of_our_name_is_never_written() {
     let (w, mut server) = writer(Leadership::always());
     let k = known("41", false);
-    let r = w
-        .ensure_secret("team-a", "acr-credential", &content(), Some(&k))
-        .await;
+    let r = within(w.ensure_secret("team-a", "acr-credential", &content(), Some(&k))).await;
     assert!(matches!(r, Err(Error::ForeignSecret { .. })), "{r:?}");
     nothing_more(&mut server);
 }
@@ -225,14 +239,10 @@ async fn a_foreign_secret_of_our_name_is_never_written() {
 #[tokio::test]
 async fn a_replica_that_does_not_lead_sends_nothing() {
     let (w, mut server) = writer(Leadership::new());
-    let r = w
-        .ensure_secret("team-a", "acr-credential", &content(), None)
-        .await;
+    let r = within(w.ensure_secret("team-a", "acr-credential", &content(), None)).await;
     assert!(matches!(r, Err(Error::NotLeader)), "{r:?}");
     let sa = SaState::new(Rv::from(Some(&"1".to_owned())), vec![], "acr-credential");
-    let r = w
-        .ensure_reference("team-a", "builder", &sa, "acr-credential", true)
-        .await;
+    let r = within(w.ensure_reference("team-a", "builder", &sa, "acr-credential", true)).await;
     assert!(matches!(r, Err(Error::NotLeader)), "{r:?}");
     nothing_more(&mut server);
 }
@@ -253,18 +263,14 @@ async fn a_reference_already_there_is_nothing_to_write_and_nothing_is_sent() {
         vec!["other".into(), "acr-credential".into()],
         "acr-credential",
     );
-    let r = w
-        .ensure_reference("team-a", "builder", &known, "acr-credential", true)
-        .await;
+    let r = within(w.ensure_reference("team-a", "builder", &known, "acr-credential", true)).await;
     assert!(matches!(r, Ok(None)), "{r:?}");
     let none = SaState::new(
         Rv::from(Some(&"7".to_owned())),
         vec!["other".into()],
         "acr-credential",
     );
-    let r = w
-        .ensure_reference("team-a", "builder", &none, "acr-credential", false)
-        .await;
+    let r = within(w.ensure_reference("team-a", "builder", &none, "acr-credential", false)).await;
     assert!(matches!(r, Ok(None)), "{r:?}");
     nothing_more(&mut server);
 }
@@ -302,7 +308,7 @@ async fn a_reference_is_added_after_the_others_under_a_precondition_and_a_confli
         body["imagePullSecrets"],
         json!([{"name": "other"}, {"name": "theirs"}, {"name": "acr-credential"}])
     );
-    let r = call.await.unwrap_or_else(|e| panic!("{e}"));
+    let r = finish(call).await;
     assert!(matches!(r, Ok(Some(_))), "{r:?}");
     nothing_more(&mut server);
 }
@@ -316,7 +322,7 @@ async fn a_service_account_deleted_before_the_patch_needs_nothing() {
             .await
     });
     expect(&mut server, "PATCH", SA, 404, status(404, "NotFound")).await;
-    let r = call.await.unwrap_or_else(|e| panic!("{e}"));
+    let r = finish(call).await;
     assert!(matches!(r, Ok(None)), "{r:?}");
     nothing_more(&mut server);
 }
@@ -329,7 +335,7 @@ async fn a_delete_names_the_uid_it_means_and_a_changed_object_is_left() {
         tokio::spawn(async move { w2.delete_secret("team-a", "acr-credential", "uid-1").await });
     let body = expect(&mut server, "DELETE", SECRET, 409, status(409, "Conflict")).await;
     assert_eq!(body["preconditions"]["uid"], "uid-1");
-    let r = call.await.unwrap_or_else(|e| panic!("{e}"));
+    let r = finish(call).await;
     assert!(matches!(r, Ok(false)), "{r:?}");
     let call =
         tokio::spawn(async move { w.delete_secret("team-a", "acr-credential", "uid-1").await });
@@ -341,7 +347,7 @@ async fn a_delete_names_the_uid_it_means_and_a_changed_object_is_left() {
         status(500, "InternalError"),
     )
     .await;
-    let r = call.await.unwrap_or_else(|e| panic!("{e}"));
+    let r = finish(call).await;
     assert!(
         matches!(
             r,
