@@ -366,6 +366,9 @@ mod tests {
             &key,
         );
         let s = content.secret("n", "ns");
+        assert_eq!(s.metadata.name.as_deref(), Some("n"));
+        assert_eq!(s.metadata.namespace.as_deref(), Some("ns"));
+        assert!(is_managed(&s.metadata));
         let annotations = s.metadata.annotations.unwrap_or_default();
         assert_eq!(annotations.get(DIGEST), Some(&content.digest));
         assert!(key.verifies(

@@ -839,3 +839,32 @@ fn scoping_fields_are_checked() {
         .is_empty()
     );
 }
+
+#[test]
+fn a_webhook_is_registered_when_either_is_enabled() {
+    for (enable, pod_injection) in [(false, false), (true, false), (false, true), (true, true)] {
+        let w = WebhookConfig {
+            enable,
+            pod_injection,
+            ..WebhookConfig::default()
+        };
+        assert_eq!(w.any(), enable || pod_injection, "{enable} {pod_injection}");
+    }
+}
+
+#[test]
+fn a_configuration_is_scoped_when_an_instance_names_namespaces_or_service_accounts() {
+    let scoped = |item: &str| {
+        ok(&[(
+            "acr-registry-info",
+            &format!("- instanceId: cri-a\n  {item}\n- instanceId: cri-b\n"),
+        )])
+        .config
+        .scoped()
+    };
+    assert!(scoped("namespaces: [team-a]"));
+    assert!(scoped("namespaceSelector: team=a"));
+    assert!(scoped("serviceAccounts: [builder]"));
+    assert!(!scoped("domains: [r.example.com]"));
+    assert!(!ok(&[]).config.scoped());
+}
