@@ -176,6 +176,12 @@ fn unknown_keys_and_fields_are_warnings() {
             .iter()
             .any(|w| w.contains("acr-registry-info[0]") && w.contains("flavour"))
     );
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("rrsa: unknown field \"mode\""))
+    );
+    assert!(!p.warnings.iter().any(|w| w.contains("\"enable\"")));
 }
 
 #[test]
@@ -226,6 +232,11 @@ fn webhook_configuration() {
     assert!(ok(&[]).config.patch_service_accounts);
     assert!(
         !ok(&[("patch-service-accounts", "False")])
+            .config
+            .patch_service_accounts
+    );
+    assert!(
+        ok(&[("patch-service-accounts", "TRUE")])
             .config
             .patch_service_accounts
     );
@@ -377,6 +388,11 @@ const MALFORMED: &[(&str, &str, &[&str])] = &[
             "acr-registry-info[0].rrsaOIDCProviderRoleARN",
             "oidc-provider",
         ],
+    ),
+    (
+        "acr-registry-info",
+        "- instanceId: cri-a\n  rrsaRoleARN: acs:ram::1:oidc-provider/p\n  rrsaOIDCProviderRoleARN: acs:ram::1:oidc-provider/p",
+        &["acr-registry-info[0].rrsaRoleARN", "a role ARN"],
     ),
     (
         "acr-registry-info",
@@ -663,6 +679,15 @@ fn selection_keys_beyond_the_original_are_validated() {
         "{:?}",
         p.warnings
     );
+    let p = ok(&[
+        (KEY_WATCH_NAMESPACE, "team-a"),
+        (KEY_NAMESPACE_SELECTOR, "team=a"),
+    ]);
+    assert!(
+        !p.warnings.iter().any(|w| w.contains("adds nothing")),
+        "{:?}",
+        p.warnings
+    );
     // Neither key is "unknown".
     let p = ok(&[
         (KEY_NAMESPACE_SELECTOR, "team=a"),
@@ -821,6 +846,13 @@ fn scoping_fields_are_checked() {
         bad(&many),
         "acr-registry-info: at most 64 instances, got 65"
     );
+    let most: String = (0..MAX_INSTANCES)
+        .map(|i| format!("- instanceId: cri-i{i}\n"))
+        .collect();
+    assert_eq!(
+        ok(&[(KEY_REGISTRY_INFO, &most)]).config.instances.len(),
+        MAX_INSTANCES
+    );
     let star = ok(&[(
         KEY_REGISTRY_INFO,
         "- instanceId: cri-a\n  serviceAccounts: \"*\"\n",
@@ -867,4 +899,15 @@ fn a_configuration_is_scoped_when_an_instance_names_namespaces_or_service_accoun
     assert!(scoped("serviceAccounts: [builder]"));
     assert!(!scoped("domains: [r.example.com]"));
     assert!(!ok(&[]).config.scoped());
+}
+
+#[test]
+fn a_shown_value_is_quoted_and_cut_after_80_characters() {
+    assert_eq!(parse::shown("team-a"), "\"team-a\"");
+    let eighty = "é".repeat(80);
+    assert_eq!(parse::shown(&eighty), format!("{eighty:?}"));
+    assert_eq!(
+        parse::shown(&format!("{eighty}x")),
+        format!("{eighty:?}...")
+    );
 }
