@@ -911,3 +911,39 @@ fn a_shown_value_is_quoted_and_cut_after_80_characters() {
         format!("{eighty:?}...")
     );
 }
+
+#[test]
+fn yaml_scalars_are_read_as_written() {
+    // A number where a string is expected reads as written (namespace 123 is a DNS label).
+    let p = ok(&[(
+        KEY_REGISTRY_INFO,
+        "- instanceId: cri-a\n  namespaces: [123, team-a]\n",
+    )]);
+    assert_eq!(
+        p.config.instances[0].scope.namespaces,
+        Some(["123".to_owned(), "team-a".to_owned()].into())
+    );
+    // Quoted booleans, any case.
+    assert!(
+        ok(&[(KEY_RRSA, "enable: \" TRUE \"\n")])
+            .config
+            .rrsa_enabled
+    );
+    assert!(!ok(&[(KEY_RRSA, "enable: \"False\"\n")]).config.rrsa_enabled);
+    // An empty document is an empty mapping: the defaults.
+    assert_eq!(
+        ok(&[(KEY_WEBHOOK, "~\n")]).config.webhook,
+        WebhookConfig::default()
+    );
+    // Policies in any case.
+    let w = ok(&[(
+        KEY_WEBHOOK,
+        "failure-policy: ignore\npod-failure-policy: FAIL\n",
+    )])
+    .config
+    .webhook;
+    assert_eq!(
+        (w.failure_policy, w.pod_failure_policy),
+        (FailurePolicy::Ignore, FailurePolicy::Fail)
+    );
+}
