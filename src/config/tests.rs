@@ -508,6 +508,9 @@ fn manifests_and_bare_maps_give_their_data() {
     assert_eq!(d.get("watch-namespace").map(String::as_str), Some("all"));
     let d = manifest_data("service-account: \"*\"\n").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(d.get("service-account").map(String::as_str), Some("*"));
+    // A manifest without its kind: what is under `data`.
+    let d = manifest_data("data:\n  watch-namespace: all\n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d.get("watch-namespace").map(String::as_str), Some("all"));
     assert!(manifest_data("kind: Secret\ndata: {}\n").is_err());
     assert!(manifest_data("data:\n  acr-registry-info:\n    - a\n").is_err());
     assert!(manifest_data("[1, 2]").is_err());
