@@ -511,7 +511,10 @@ fn manifests_and_bare_maps_give_their_data() {
     // A manifest without its kind: what is under `data`.
     let d = manifest_data("data:\n  watch-namespace: all\n").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(d.get("watch-namespace").map(String::as_str), Some("all"));
-    assert!(manifest_data("kind: Secret\ndata: {}\n").is_err());
+    assert_eq!(
+        manifest_data("kind: Secret\ndata: {}\n"),
+        Err("kind \"Secret\" is not a ConfigMap".to_owned())
+    );
     assert!(manifest_data("data:\n  acr-registry-info:\n    - a\n").is_err());
     assert!(manifest_data("[1, 2]").is_err());
 }
