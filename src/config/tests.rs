@@ -508,6 +508,11 @@ fn manifests_and_bare_maps_give_their_data() {
     assert_eq!(d.get("watch-namespace").map(String::as_str), Some("all"));
     let d = manifest_data("service-account: \"*\"\n").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(d.get("service-account").map(String::as_str), Some("*"));
+    // Unquoted booleans and numbers are the strings they were written as.
+    let d = manifest_data("namespace-opt-in: false\nexpiring-threshold: 900\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d.get("namespace-opt-in").map(String::as_str), Some("false"));
+    assert_eq!(d.get("expiring-threshold").map(String::as_str), Some("900"));
     // A manifest without its kind: what is under `data`.
     let d = manifest_data("data:\n  watch-namespace: all\n").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(d.get("watch-namespace").map(String::as_str), Some("all"));
