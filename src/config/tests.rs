@@ -909,6 +909,10 @@ fn a_configuration_is_scoped_when_an_instance_names_namespaces_or_service_accoun
     assert!(scoped("namespaceSelector: team=a"));
     assert!(scoped("serviceAccounts: [builder]"));
     assert!(!scoped("domains: [r.example.com]"));
+    assert!(
+        !scoped("namespaceSelector: \"  \""),
+        "a blank selector is absent"
+    );
     assert!(!ok(&[]).config.scoped());
 }
 
