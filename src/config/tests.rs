@@ -962,3 +962,20 @@ fn yaml_scalars_are_read_as_written() {
         (FailurePolicy::Ignore, FailurePolicy::Fail)
     );
 }
+
+#[test]
+fn registry_domains_are_host_names_with_a_dot_and_an_optional_port() {
+    for (domain, valid) in [
+        ("r.example.com", true),
+        ("r.example.com:5000", true),
+        ("r.example.com:65535", true),
+        ("localhost", false),
+        ("localhost:5000", false),
+        ("bad_host.example.com", false),
+        ("r.example.com:", false),
+        ("r.example.com:123456", false),
+        ("r.example.com:ab", false),
+    ] {
+        assert_eq!(validate::is_registry_domain(domain), valid, "{domain}");
+    }
+}
