@@ -979,3 +979,28 @@ fn registry_domains_are_host_names_with_a_dot_and_an_optional_port() {
         assert_eq!(validate::is_registry_domain(domain), valid, "{domain}");
     }
 }
+
+#[test]
+fn arns_and_instance_ids_are_checked_character_by_character() {
+    for (arn, valid) in [
+        ("acs:ram::1280000000009011:role/rrsa-a", true),
+        ("acs:ram::1:role/path/name_1.x@y", true),
+        ("acs:ram::1:role/", false),
+        ("acs:ram::1:role/a b", false),
+        ("acs:ram::x1:role/a", false),
+        ("acs:ram:::role/a", false),
+        ("acs:ram::1:oidc-provider/a", false),
+    ] {
+        assert_eq!(validate::is_role_arn(arn), valid, "{arn}");
+    }
+    assert!(validate::is_oidc_provider_arn("acs:ram::1:oidc-provider/p"));
+    for (id, valid) in [
+        ("cri-abc123", true),
+        ("cri-", false),
+        ("cri-ABC", false),
+        ("cri-a_b", false),
+        ("abc123", false),
+    ] {
+        assert_eq!(validate::is_instance_id(id), valid, "{id}");
+    }
+}
